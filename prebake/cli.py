@@ -1,0 +1,186 @@
+"""The `prebake` command: a thin typer shell over functions usable from Python.
+
+Exit codes: 0 done, 1 done but problems found (videos that failed to bake, a store that fails
+verification), 2 could not run (bad arguments, no store, store locked or built otherwise),
+130 interrupted. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from prebake.errors import PrebakeError
+
+app = typer.Typer(
+    help="Bake SA-V frames and masklets once into sharded Zarr v3 stores for Sa2VA-style training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Store = Annotated[Path, typer.Argument(help="Path of the prebake store (a Zarr v3 folder).")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"prebake: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+@app.command()
+def build(
+    src: Annotated[Path, typer.Option("--src", help="SA-V source folder (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Store to create, or to resume if it is incomplete.")],
+    workers: Annotated[int, typer.Option(help="Worker processes (default: the machine's cores).", min=1)] = os.cpu_count() or 1,
+    masklets: Annotated[str, typer.Option(help="Masklets to bake: manual (as SAM 2 trains), auto or all.")] = "manual",
+    layout: Annotated[str, typer.Option(help="Source layout: auto (detect), train, frames or png.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Bake only the first N videos (by id).", min=1)] = None,
+    videos: Annotated[Path | None, typer.Option(help="File listing the video ids to bake, one per line.")] = None,
+    frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file of the image arrays.", min=1)] = 64,
+    items_per_shard: Annotated[int, typer.Option(help="Items per shard file of the mask arrays.", min=1)] = 1024,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Bake every annotated frame and (frame, masklet) item under --src into the store --out."""
+    from prebake.build import BuildInterrupted, BuildOptions
+    from prebake.build import build as run_build
+
+    if masklets not in ("manual", "auto", "all"):
+        _fail(f"--masklets must be manual, auto or all, not {masklets!r}")
+    if layout not in ("auto", "train", "frames", "png"):
+        _fail(f"--layout must be auto, train, frames or png, not {layout!r}")
+    video_ids = None
+    if videos is not None:
+        try:
+            video_ids = [line.strip() for line in videos.read_text().splitlines() if line.strip()]
+        except OSError as error:
+            _fail(f"{videos}: cannot read ({error.strerror})")
+    options = BuildOptions(
+        src=src, out=out, workers=workers, masklets=masklets, layout=layout, limit=limit, video_ids=video_ids,
+        frames_per_shard=frames_per_shard, items_per_shard=items_per_shard, overwrite=overwrite, progress=not quiet,
+    )
+    try:
+        report = run_build(options)
+    except BuildInterrupted as error:
+        _fail(str(error), 130)
+    except PrebakeError as error:
+        _fail(str(error))
+    if report.already_complete:
+        typer.echo(f"{out}: already complete ({report.videos} videos, {report.frames} frames, {report.items} items); nothing to do")
+    else:
+        per_frame = report.bytes / report.frames if report.frames else 0
+        typer.echo(
+            f"baked {report.videos - report.videos_failed}/{report.videos} videos, {report.frames} frames, "
+            f"{report.items} items into {out}: {_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame) "
+            f"in {report.seconds:.1f} s, {report.frames_per_second:.1f} frames/s"
+            + (f" ({report.resumed} videos were already baked)" if report.resumed else "")
+        )
+    if report.failures:
+        typer.echo(f"{len(report.failures)} videos failed and were skipped:", err=True)
+        for failure in report.failures:
+            typer.echo(f"  {failure['video_id']}: {failure['reason']}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    store: Store,
+    src: Annotated[Path | None, typer.Option("--src", help="Source to re-derive sampled items from, bit for bit.")] = None,
+    samples: Annotated[str, typer.Option(help="Items to re-derive with --src: a number, or 'all'.")] = "16",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Check a store: schema, checksums, value semantics and (with --src) bit-exactness."""
+    from prebake.verify import verify_store
+
+    if samples != "all" and not samples.isdigit():
+        _fail(f"--samples must be a number or 'all', not {samples!r}")
+    try:
+        report = verify_store(store, src=src, samples=None if samples == "all" else int(samples), progress=not (quiet or as_json))
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def info(store: Store, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Describe a store: counts, failures, arrays, sizes, build parameters and versions."""
+    from prebake.info import format_info, store_info
+
+    try:
+        details = store_info(store)
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(details, indent=2) if as_json else format_info(details))
+
+
+@app.command()
+def show(
+    store: Store,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
+    item: Annotated[int | None, typer.Option("--item", help="Item to draw.", min=0)] = None,
+    grid: Annotated[int | None, typer.Option("--grid", help="Contact sheet of N random items.", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --grid.")] = 0,
+) -> None:
+    """Draw items as a PNG: 1024 image with its mask, the 448 image and the 16 x 16 prompt grid."""
+    from prebake.show import render_preview
+
+    if item is not None and grid is not None:
+        _fail("give --item or --grid, not both")
+    try:
+        path = render_preview(store, out, item=item, grid=grid, seed=seed)
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    store: Store,
+    src: Annotated[Path | None, typer.Option("--src", help="Also time the on-the-fly pipeline on this source.")] = None,
+    build_src: Annotated[Path | None, typer.Option("--build-src", help="Also measure build scaling and memory on this source.")] = None,
+    items: Annotated[int, typer.Option(help="Items per reader measurement.", min=1)] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one run)."""
+    from prebake.bench import format_bench, run_bench
+
+    try:
+        results = run_bench(store, src=src, build_src=build_src, items=items)
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", help="Folder for the sample and its store.")] = Path("demo-out")) -> None:
+    """Make the built-in SA-V sample, build it, verify it and read a batch back."""
+    from prebake.demo import run_demo
+
+    try:
+        code = run_demo(out, echo=typer.echo)
+    except PrebakeError as error:
+        _fail(str(error))
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("prebake: interrupted", err=True)
+        sys.exit(130)

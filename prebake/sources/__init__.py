@@ -1,0 +1,58 @@
+"""Sources: one module per SA-V layout (REFERENCE.md section 1), all yielding `Video`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prebake.errors import PrebakeError
+from prebake.sources import frames, png, train
+from prebake.sources.base import MASKLET_TYPES, Masklet, Video, VideoRef
+
+LAYOUTS = {"train": train, "frames": frames, "png": png}
+_VIDEO_CLASSES: dict[str, type[Video]] = {
+    "train": train.Mp4Video,
+    "frames": frames.JpegFolderVideo,
+    "png": png.PngMaskVideo,
+}
+
+__all__ = ["LAYOUTS", "MASKLET_TYPES", "Masklet", "Video", "VideoRef", "discover", "open_video"]
+
+
+def discover(
+    src: Path,
+    *,
+    layout: str = "auto",
+    masklets: str = "manual",
+    video_ids: list[str] | None = None,
+    limit: int | None = None,
+) -> list[VideoRef]:
+    """Find the videos under `src` (recursively) in one layout, or in any with `layout='auto'`.
+
+    Sorted by video id, so the same source always gives the same rows.
+    """
+    if not src.is_dir():
+        raise PrebakeError(f"{src}: source folder not found")
+    layouts = list(LAYOUTS) if layout == "auto" else [layout]
+    found: dict[str, VideoRef] = {}
+    for name in layouts:
+        for ref in LAYOUTS[name].discover(src, masklets):
+            if ref.video_id in found:
+                other = found[ref.video_id]
+                raise PrebakeError(
+                    f"{src}: video {ref.video_id} found twice ({other.frames} and {ref.frames}); "
+                    "pick one with --layout or --videos"
+                )
+            found[ref.video_id] = ref
+    refs = [found[key] for key in sorted(found)]
+    if video_ids is not None:
+        wanted = set(video_ids)
+        unknown = sorted(wanted - set(found))
+        if unknown:
+            raise PrebakeError(f"{src}: {len(unknown)} requested videos not found, first: {unknown[0]}")
+        refs = [ref for ref in refs if ref.video_id in wanted]
+    return refs[:limit] if limit is not None else refs
+
+
+def open_video(ref: VideoRef) -> Video:
+    """Open and validate one video's annotations (raises SourceError naming the bad file)."""
+    return _VIDEO_CLASSES[ref.layout](ref)

@@ -1,0 +1,87 @@
+"""Val / test layout: `JPEGImages_24fps/<id>/00000.jpg ...` (every frame) and
+`Annotations_6fps/<id>/<obj:03d>/<frame:05d>.png`, one binary PNG per object per annotated frame.
+All masklets are manual; the object folder's number is the masklet id. Objects may overlap, so
+masks stay per object. An object with no PNG at an annotated frame is absent there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from prebake.errors import SourceError
+from prebake.sources.base import Masklet, Video, VideoRef, open_jpeg
+
+
+def read_png_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            if image.size != size:
+                raise SourceError(path, f"mask is {image.size[0]}x{image.size[1]}, frames are {size[0]}x{size[1]}")
+            return (np.asarray(image) != 0).astype(np.uint8)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SourceError(path, f"unreadable PNG ({error})") from None
+
+
+class PngMaskVideo(Video):
+    def __init__(self, ref: VideoRef) -> None:
+        frames, masks = Path(ref.frames), Path(ref.annotations[0])
+        objects = sorted((p for p in masks.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if not objects:
+            raise SourceError(masks, "no object folders (expected <obj:03d>/<frame:05d>.png)")
+        indices = sorted({int(p.stem) for obj in objects for p in obj.glob("*.png") if p.stem.isdigit()})
+        if not indices:
+            raise SourceError(masks, "no mask PNGs")
+        jpegs = {int(p.stem) for p in frames.glob("*.jpg") if p.stem.isdigit()}
+        missing = [i for i in indices if i not in jpegs]
+        if missing:
+            raise SourceError(frames / f"{missing[0]:05d}.jpg", f"missing frame ({len(missing)} annotated frames have no JPEG)")
+        with Image.open(frames / f"{indices[0]:05d}.jpg") as first:
+            width, height = first.size
+        self._paths = [[obj / f"{i:05d}.png" for obj in objects] for i in indices]
+        areas = np.zeros((len(indices), len(objects)), dtype=np.int64)
+        for t, row in enumerate(self._paths):
+            for k, path in enumerate(row):
+                if path.is_file():
+                    areas[t, k] = int(read_png_mask(path, (width, height)).sum())
+        super().__init__(
+            ref,
+            width=width,
+            height=height,
+            frame_count=max(jpegs) + 1,
+            frame_indices=indices,
+            masklets=[Masklet("manual", int(obj.name)) for obj in objects],
+            areas=areas,
+        )
+
+    def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
+        for t, index in enumerate(self.frame_indices):
+            path = Path(self.ref.frames) / f"{index:05d}.jpg"
+            image = open_jpeg(path)
+            self.check_frame_size(image, path)
+            yield t, image
+
+    def mask(self, t: int, k: int) -> np.ndarray:
+        path = self._paths[t][k]
+        if not path.is_file():
+            return np.zeros((self.height, self.width), dtype=np.uint8)
+        return read_png_mask(path, (self.width, self.height))
+
+
+def discover(src: Path, masklets: str) -> list[VideoRef]:
+    """Every `JPEGImages_24fps/<id>` with a matching `Annotations_6fps/<id>` beside it."""
+    if masklets == "auto":
+        return []  # val/test have manual masklets only
+    refs = []
+    roots = [src] if src.name == "JPEGImages_24fps" else []
+    for jpeg_root in sorted(roots + list(src.rglob("JPEGImages_24fps"))):
+        annotation_root = jpeg_root.with_name("Annotations_6fps")
+        if not annotation_root.is_dir():
+            continue
+        for folder in sorted(p for p in jpeg_root.iterdir() if p.is_dir()):
+            masks = annotation_root / folder.name
+            if masks.is_dir():
+                refs.append(VideoRef(folder.name, "png", str(folder), (str(masks),)))
+    return refs

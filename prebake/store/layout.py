@@ -1,0 +1,169 @@
+"""A store on disk: the Zarr v3 group (arrays, tables, attributes) and, while it is being built,
+the build folder inside it (lock, plan, one record per committed unit, temporary shards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+
+from prebake.errors import StoreError
+from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, ArraySpec, array_specs, schema_document
+
+BUILD_DIR = ".prebake-build"  # removed once the store is complete
+
+
+def atomic_write_json(path: Path, data: object) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w") as handle:
+        json.dump(data, handle, separators=(",", ":"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _codec(entry: dict[str, Any]) -> BytesCodec | ZstdCodec | Crc32cCodec:
+    if entry["name"] == "bytes":
+        return BytesCodec(**entry.get("configuration", {}))
+    if entry["name"] == "zstd":
+        return ZstdCodec(**entry["configuration"])
+    if entry["name"] == "crc32c":
+        return Crc32cCodec()
+    raise ValueError(f"unknown codec {entry['name']!r}")
+
+
+class StoreDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.build_dir = self.path / BUILD_DIR
+        self.lock_path = self.build_dir / "lock"
+        self.plan_path = self.build_dir / "plan.json"
+        self.units_dir = self.build_dir / "units"
+        self.tmp_dir = self.build_dir / "tmp"
+
+    # -- reading ------------------------------------------------------------------------------
+    def attrs(self) -> dict[str, Any] | None:
+        """The root's `prebake` attributes, or None when this is not a prebake store."""
+        try:
+            with (self.path / "zarr.json").open() as handle:
+                metadata = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        attrs = metadata.get("attributes", {}).get("prebake") if isinstance(metadata, dict) else None
+        return attrs if isinstance(attrs, dict) and attrs.get("schema") == SCHEMA_NAME else None
+
+    def require_complete(self) -> dict[str, Any]:
+        """The attributes of a complete store; StoreError (one line) for anything else."""
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such store")
+        attrs = self.attrs()
+        if attrs is None:
+            raise StoreError(f"{self.path}: not a prebake store (no prebake attributes in zarr.json)")
+        if attrs.get("state") != "complete":
+            raise StoreError(f"{self.path}: store is incomplete (state {attrs.get('state')!r}); rerun the same prebake build to finish it")
+        return attrs
+
+    def read_plan(self) -> dict[str, Any] | None:
+        try:
+            with self.plan_path.open() as handle:
+                plan: dict[str, Any] = json.load(handle)
+                return plan
+        except (OSError, ValueError):
+            return None
+
+    def record_path(self, index: int) -> Path:
+        return self.units_dir / f"{index:07d}.json"
+
+    def read_record(self, index: int) -> dict[str, Any] | None:
+        try:
+            with self.record_path(index).open() as handle:
+                record: dict[str, Any] = json.load(handle)
+                return record
+        except (OSError, ValueError):
+            return None  # missing, or torn by a crash: the unit is redone
+
+    def shard_path(self, spec: ArraySpec, shard: int) -> Path:
+        from prebake.store.shard import shard_key
+
+        return self.path / shard_key(spec.name, 1 + len(spec.row_shape), shard)
+
+    # -- writing ------------------------------------------------------------------------------
+    def prepare_build_dir(self) -> None:
+        for folder in (self.units_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp_dir.iterdir():  # temporary shards of a build that died
+            stale.unlink()
+
+    def write_plan(self, plan: dict[str, Any]) -> None:
+        atomic_write_json(self.plan_path, plan)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.record_path(record["index"]), record)
+
+    def clear(self) -> None:
+        """Remove everything but the build folder (which holds our lock): --overwrite."""
+        for child in self.path.iterdir():
+            if child.name == BUILD_DIR:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        for child in self.build_dir.iterdir():
+            if child.name != self.lock_path.name:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def create(self, attrs: dict[str, Any], params: dict[str, Any]) -> None:
+        """Create the group and the four data arrays (metadata only: no chunk is written)."""
+        root = zarr.open_group(self.path, mode="a", zarr_format=3)
+        capacity = {"frame_rows": attrs["frame_rows"], "item_rows": attrs["item_rows"]}
+        for name in DATA_ARRAYS:
+            spec = array_specs()[name]
+            rows = capacity[spec.rows]
+            assert spec.rows_per_shard is not None
+            per_shard = params[spec.rows_per_shard]
+            root.create_array(
+                name,
+                shape=(rows, *spec.row_shape),
+                dtype=spec.numpy_dtype,
+                chunks=(1, *spec.row_shape),
+                shards=(per_shard, *spec.row_shape),
+                serializer=_codec(spec.codecs[0]),
+                compressors=[_codec(codec) for codec in spec.codecs[1:]],
+                fill_value=spec.fill_value,
+                overwrite=True,
+            )
+        root.attrs.put({"prebake": attrs})
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        zarr.open_group(self.path, mode="r+", zarr_format=3).attrs.put({"prebake": attrs})
+
+    def write_tables(self, tables: dict[str, np.ndarray]) -> None:
+        """Write the row tables (small 1-D arrays) through zarr-python."""
+        root = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        chunk = schema_document()["table_rows_per_chunk"]
+        for name, values in tables.items():
+            spec = array_specs()[name]
+            group_name, array_name = name.split("/")
+            group = root.require_group(group_name)
+            string = spec.dtype == "string"
+            array = group.create_array(
+                array_name,
+                shape=values.shape,
+                dtype=str if string else spec.numpy_dtype,
+                chunks=(max(1, min(len(values), chunk)),),
+                compressors=[_codec(codec) for codec in spec.codecs[1:]],
+                fill_value=spec.fill_value,
+                overwrite=True,
+            )
+            if len(values):
+                array[:] = values
+
+    def remove_build_dir(self) -> None:
+        shutil.rmtree(self.build_dir, ignore_errors=True)
