@@ -123,7 +123,12 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
     specs = array_specs()
     first_rows = {"frame_rows": unit.frame_row, "item_rows": unit.item_row}
     streams = {
-        name: RowStream(store, specs[name], first_rows[specs[name].rows], params[str(specs[name].rows_per_shard)])
+        name: RowStream(
+            store,
+            specs[name],
+            first_rows[specs[name].rows],
+            params[str(specs[name].rows_per_shard)],
+        )
         for name in DATA_ARRAYS
     }
     started = time.perf_counter()
@@ -138,7 +143,11 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
             spec = specs[name]
             rows_per_shard = params[str(spec.rows_per_shard)]
             remove_shards(store, spec, first_rows[spec.rows], counts[spec.rows], rows_per_shard)
-        reason = str(error) if isinstance(error, PrebakeError) else f"{unit.frames}: unexpected {type(error).__name__}: {error}"
+        reason = (
+            str(error)
+            if isinstance(error, PrebakeError)
+            else f"{unit.frames}: unexpected {type(error).__name__}: {error}"
+        )
         return {"index": unit.index, "status": "failed", "reason": reason}
     return {
         "index": unit.index,
@@ -152,9 +161,16 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
 def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
     video = open_video(unit.ref)
     planned = (unit.frame_indices, unit.masklets, unit.width, unit.height)
-    found = (video.frame_indices, [(m.type, m.id) for m in video.masklets], video.width, video.height)
+    found = (
+        video.frame_indices,
+        [(m.type, m.id) for m in video.masklets],
+        video.width,
+        video.height,
+    )
     if planned != found:
-        raise SourceError(unit.frames, "source changed since the build was planned; rebuild with --overwrite")
+        raise SourceError(
+            unit.frames, "source changed since the build was planned; rebuild with --overwrite"
+        )
     items_at: list[list[tuple[int, int]]] = [[] for _ in unit.frame_indices]
     for t, k, area in unit.items:
         items_at[t].append((k, area))
@@ -165,7 +181,10 @@ def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
         for k, area in items_at[t]:
             mask = video.mask(t, k)
             if int(np.count_nonzero(mask)) != area:
-                raise SourceError(unit.annotations[0], f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area than its RLE counts")
+                raise SourceError(
+                    unit.annotations[0],
+                    f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area than its RLE counts",
+                )
             streams["masks"].append(transforms.masks(mask))
             prompt = transforms.prompt_masks(mask)
             streams["prompt_masks"].append(prompt)
@@ -183,12 +202,22 @@ def build(options: BuildOptions) -> BuildReport:
     store = StoreDir(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and store.attrs() is None and not store.build_dir.exists():
-        raise StoreError(f"{out}: folder is not empty and is not a prebake store; refusing to write into it")
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and store.attrs() is None
+        and not store.build_dir.exists()
+    ):
+        raise StoreError(
+            f"{out}: folder is not empty and is not a prebake store; refusing to write into it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     with StoreLock(store.lock_path, out) as lock:
         if lock.took_over:
-            _say(options, f"note: took over the lock of a build that died (pid {lock.took_over.get('pid')} on {lock.took_over.get('host')})")
+            _say(
+                options,
+                f"note: took over the lock of a build that died (pid {lock.took_over.get('pid')} on {lock.took_over.get('host')})",
+            )
         return _build_locked(options, store)
 
 
@@ -204,9 +233,15 @@ def _build_locked(options: BuildOptions, store: StoreDir) -> BuildReport:
     settings = settings_of(options)
     attrs = None if options.overwrite else store.attrs()
     if attrs is not None:
-        differences = [key for key in ("params", "source", "pillow") if attrs["settings"].get(key) != settings[key]]
+        differences = [
+            key
+            for key in ("params", "source", "pillow")
+            if attrs["settings"].get(key) != settings[key]
+        ]
         if differences:
-            raise StoreError(f"{store.path}: store was built with other {' and '.join(differences)} settings; use --overwrite to start over")
+            raise StoreError(
+                f"{store.path}: store was built with other {' and '.join(differences)} settings; use --overwrite to start over"
+            )
         if attrs["state"] == "complete":
             return _report_from_attrs(store.path, attrs, already_complete=True)
     plan = store.read_plan() if attrs is not None else None
@@ -233,17 +268,36 @@ def _build_locked(options: BuildOptions, store: StoreDir) -> BuildReport:
 
 
 def _make_plan(options: BuildOptions, settings: dict[str, Any]) -> dict[str, Any]:
-    refs = discover(options.src, layout=options.layout, masklets=options.masklets, video_ids=options.video_ids, limit=options.limit)
+    refs = discover(
+        options.src,
+        layout=options.layout,
+        masklets=options.masklets,
+        video_ids=options.video_ids,
+        limit=options.limit,
+    )
     units = list(_parallel(options, "planning", "videos", plan_unit, list(enumerate(refs))))
     units.sort(key=lambda unit: unit.index)
     frame_rows, item_rows = assign_rows(units, options.frames_per_shard, options.items_per_shard)
-    return {"settings": settings, "frame_rows": frame_rows, "item_rows": item_rows, "units": [u.to_json() for u in units]}
+    return {
+        "settings": settings,
+        "frame_rows": frame_rows,
+        "item_rows": item_rows,
+        "units": [u.to_json() for u in units],
+    }
 
 
-def _parallel(options: BuildOptions, label: str, unit_name: str, function: Callable[..., Any], arguments: list[tuple[Any, ...]]) -> Iterator[Any]:
+def _parallel(
+    options: BuildOptions,
+    label: str,
+    unit_name: str,
+    function: Callable[..., Any],
+    arguments: list[tuple[Any, ...]],
+) -> Iterator[Any]:
     from tqdm import tqdm
 
-    with tqdm(total=len(arguments), desc=label, unit=unit_name, disable=not options.progress) as bar:
+    with tqdm(
+        total=len(arguments), desc=label, unit=unit_name, disable=not options.progress
+    ) as bar:
         if options.workers <= 1:
             for args in arguments:
                 yield function(*args)
@@ -256,7 +310,9 @@ def _parallel(options: BuildOptions, label: str, unit_name: str, function: Calla
                 bar.update(1)
 
 
-def _initial_attrs(options: BuildOptions, settings: dict[str, Any], plan: dict[str, Any], started: float) -> dict[str, Any]:
+def _initial_attrs(
+    options: BuildOptions, settings: dict[str, Any], plan: dict[str, Any], started: float
+) -> dict[str, Any]:
     units = plan["units"]
     return {
         "schema": SCHEMA_NAME,
@@ -279,11 +335,19 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _run_units(options: BuildOptions, store: StoreDir, params: dict[str, Any], todo: list[UnitPlan]) -> None:
+def _run_units(
+    options: BuildOptions, store: StoreDir, params: dict[str, Any], todo: list[UnitPlan]
+) -> None:
     from tqdm import tqdm
 
     total_frames = sum(len(unit.frame_indices) for unit in todo)
-    bar = tqdm(total=total_frames, desc="baking", unit="frame", disable=not options.progress, smoothing=0.05)
+    bar = tqdm(
+        total=total_frames,
+        desc="baking",
+        unit="frame",
+        disable=not options.progress,
+        smoothing=0.05,
+    )
     done = failed = 0
 
     def commit_record(record: dict[str, Any]) -> None:
@@ -309,10 +373,19 @@ def _run_units(options: BuildOptions, store: StoreDir, params: dict[str, Any], t
         bar.close()
 
 
-def _run_pool(workers: int, store: StoreDir, params: dict[str, Any], todo: Iterable[UnitPlan], bar: Any, commit_record: Callable[[dict[str, Any]], None]) -> None:
+def _run_pool(
+    workers: int,
+    store: StoreDir,
+    params: dict[str, Any],
+    todo: Iterable[UnitPlan],
+    bar: Any,
+    commit_record: Callable[[dict[str, Any]], None],
+) -> None:
     context = multiprocessing.get_context("spawn")
     progress_queue = context.Queue()
-    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,))
+    executor = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
+    )
     pending: set[Future[dict[str, Any]]] = set()
     units = iter(todo)
     try:
@@ -327,7 +400,9 @@ def _run_pool(workers: int, store: StoreDir, params: dict[str, Any], todo: Itera
                 commit_record(future.result())
         _drain(progress_queue, bar)
     except BrokenProcessPool:
-        raise StoreError(f"{store.path}: a worker process died (killed, or out of memory?); run the same command again to resume") from None
+        raise StoreError(
+            f"{store.path}: a worker process died (killed, or out of memory?); run the same command again to resume"
+        ) from None
     finally:
         for process in list(getattr(executor, "_processes", {}).values()):
             if process.is_alive():
@@ -343,7 +418,14 @@ def _drain(progress_queue: Any, bar: Any) -> None:
             return
 
 
-def _commit(store: StoreDir, attrs: dict[str, Any], units: list[UnitPlan], started: float, resumed: int, workers: int) -> BuildReport:
+def _commit(
+    store: StoreDir,
+    attrs: dict[str, Any],
+    units: list[UnitPlan],
+    started: float,
+    resumed: int,
+    workers: int,
+) -> BuildReport:
     records = [store.read_record(unit.index) for unit in units]
     assert all(record is not None for record in records), "every unit has a record before commit"
     tables = make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"])  # type: ignore[arg-type]
@@ -363,25 +445,61 @@ def _commit(store: StoreDir, attrs: dict[str, Any], units: list[UnitPlan], start
         "items": len(tables["items/area"]),
     }
     attrs["failures"] = failures
-    attrs["build"] = {**attrs["build"], "finished": _iso(finished), "seconds": round(finished - started, 3), "workers": workers}
+    attrs["build"] = {
+        **attrs["build"],
+        "finished": _iso(finished),
+        "seconds": round(finished - started, 3),
+        "workers": workers,
+    }
     store.set_attrs(attrs)
     store.remove_build_dir()
     return _report_from_attrs(store.path, attrs, resumed=resumed, seconds=finished - started)
 
 
-def make_tables(units: list[UnitPlan], records: list[dict[str, Any]], frame_rows: int, source_root: str) -> dict[str, np.ndarray]:
+def make_tables(
+    units: list[UnitPlan], records: list[dict[str, Any]], frame_rows: int, source_root: str
+) -> dict[str, np.ndarray]:
     """The row tables, from the plan and the unit records, in plan order (so they are deterministic)."""
     frame_video = np.full(frame_rows, -1, dtype=np.int32)
     frame_index = np.full(frame_rows, -1, dtype=np.int32)
-    columns: dict[str, list[int]] = {key: [] for key in ("frame_row", "mask_row", "video", "frame_index", "masklet_id", "masklet_type", "area", "prompt_cells")}
-    videos: dict[str, list[Any]] = {key: [] for key in ("video_id", "layout", "source", "status", "width", "height", "frame_count", "frame_row", "frames", "item_row", "items")}
+    columns: dict[str, list[int]] = {
+        key: []
+        for key in (
+            "frame_row",
+            "mask_row",
+            "video",
+            "frame_index",
+            "masklet_id",
+            "masklet_type",
+            "area",
+            "prompt_cells",
+        )
+    }
+    videos: dict[str, list[Any]] = {
+        key: []
+        for key in (
+            "video_id",
+            "layout",
+            "source",
+            "status",
+            "width",
+            "height",
+            "frame_count",
+            "frame_row",
+            "frames",
+            "item_row",
+            "items",
+        )
+    }
     for row, (unit, record) in enumerate(zip(units, records, strict=True)):
         ok = record["status"] == "ok"
         if ok:
             rows = slice(unit.frame_row, unit.frame_row + len(unit.frame_indices))
             frame_video[rows] = row
             frame_index[rows] = unit.frame_indices
-            for position, ((t, k, area), cells) in enumerate(zip(unit.items, record["prompt_cells"], strict=True)):
+            for position, ((t, k, area), cells) in enumerate(
+                zip(unit.items, record["prompt_cells"], strict=True)
+            ):
                 kind, masklet_id = unit.masklets[k]
                 columns["frame_row"].append(unit.frame_row + t)
                 columns["mask_row"].append(unit.item_row + position)
@@ -415,7 +533,14 @@ def make_tables(units: list[UnitPlan], records: list[dict[str, Any]], frame_rows
     return tables
 
 
-def _report_from_attrs(path: Path, attrs: dict[str, Any], *, already_complete: bool = False, resumed: int = 0, seconds: float | None = None) -> BuildReport:
+def _report_from_attrs(
+    path: Path,
+    attrs: dict[str, Any],
+    *,
+    already_complete: bool = False,
+    resumed: int = 0,
+    seconds: float | None = None,
+) -> BuildReport:
     counts = attrs["counts"]
     return BuildReport(
         store=path,

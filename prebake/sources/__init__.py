@@ -48,7 +48,9 @@ def discover(
         wanted = set(video_ids)
         unknown = sorted(wanted - set(found))
         if unknown:
-            raise PrebakeError(f"{src}: {len(unknown)} requested videos not found, first: {unknown[0]}")
+            raise PrebakeError(
+                f"{src}: {len(unknown)} requested videos not found, first: {unknown[0]}"
+            )
         refs = [ref for ref in refs if ref.video_id in wanted]
     return refs[:limit] if limit is not None else refs
 

@@ -20,7 +20,14 @@ from prebake.errors import SourceError
 
 FRAME_STRIDE = 4  # masklet[t] annotates video frame 4t (SA-V annotates at 6 of 24 fps)
 MAX_SIDE = 16384  # larger than any SA-V video (4K); rejects absurd sizes before allocating
-REQUIRED_KEYS = ("video_id", "video_height", "video_width", "video_frame_count", "masklet", "masklet_id")
+REQUIRED_KEYS = (
+    "video_id",
+    "video_height",
+    "video_width",
+    "video_frame_count",
+    "masklet",
+    "masklet_id",
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,9 @@ def _whole_number(path: Path, key: str, value: object, *, minimum: int, maximum:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SourceError(path, f"'{key}' must be a number, got {value!r}")
     if value != int(value) or not minimum <= value <= maximum:
-        raise SourceError(path, f"'{key}' must be a whole number in {minimum}..{maximum}, got {value!r}")
+        raise SourceError(
+            path, f"'{key}' must be a whole number in {minimum}..{maximum}, got {value!r}"
+        )
     return int(value)
 
 
@@ -84,7 +93,9 @@ def _rle_area(path: Path, where: str, rle: object, height: int, width: int) -> i
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise SourceError(path, f"{where}: not an RLE object with 'size' and 'counts'")
     if list(rle["size"]) != [height, width]:
-        raise SourceError(path, f"{where}: RLE size {rle['size']} is not the video's [{height}, {width}]")
+        raise SourceError(
+            path, f"{where}: RLE size {rle['size']} is not the video's [{height}, {width}]"
+        )
     if not isinstance(rle["counts"], str):
         raise SourceError(path, f"{where}: RLE counts must be a compressed string")
     try:
@@ -116,12 +127,18 @@ def load_annotation(path: Path, expected_video_id: str, masklet_type: str) -> An
     if not isinstance(video_id, str) or not video_id or any(c in video_id for c in "/\\\0"):
         raise SourceError(path, f"'video_id' {video_id!r} is not a plain name")
     if video_id != expected_video_id:
-        raise SourceError(path, f"'video_id' {video_id!r} disagrees with the file name ({expected_video_id!r})")
+        raise SourceError(
+            path, f"'video_id' {video_id!r} disagrees with the file name ({expected_video_id!r})"
+        )
     height = _whole_number(path, "video_height", raw["video_height"], minimum=1, maximum=MAX_SIDE)
     width = _whole_number(path, "video_width", raw["video_width"], minimum=1, maximum=MAX_SIDE)
-    frame_count = _whole_number(path, "video_frame_count", raw["video_frame_count"], minimum=1, maximum=10**8)
+    frame_count = _whole_number(
+        path, "video_frame_count", raw["video_frame_count"], minimum=1, maximum=10**8
+    )
     ids = raw["masklet_id"]
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
         raise SourceError(path, "'masklet_id' must be a list of integers")
     if len(set(ids)) != len(ids):
         raise SourceError(path, "'masklet_id' has duplicates")
@@ -137,7 +154,9 @@ def load_annotation(path: Path, expected_video_id: str, masklet_type: str) -> An
     areas = np.zeros((len(masklet), len(ids)), dtype=np.int64)
     for t, frame in enumerate(masklet):
         if len(frame) != len(ids):
-            raise SourceError(path, f"masklet[{t}] has {len(frame)} entries, expected {len(ids)} (masklet_id)")
+            raise SourceError(
+                path, f"masklet[{t}] has {len(frame)} entries, expected {len(ids)} (masklet_id)"
+            )
         for k, rle in enumerate(frame):
             areas[t, k] = _rle_area(path, f"masklet[{t}][{k}]", rle, height, width)
     return Annotation(

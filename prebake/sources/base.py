@@ -22,7 +22,9 @@ class VideoRef:
     video_id: str
     layout: str  # "train", "frames" or "png"
     frames: str  # the mp4 (train) or the folder of JPEG frames (frames, png)
-    annotations: tuple[str, ...]  # JSON files, manual before auto (train, frames); mask folder (png)
+    annotations: tuple[
+        str, ...
+    ]  # JSON files, manual before auto (train, frames); mask folder (png)
 
 
 @dataclass(frozen=True)

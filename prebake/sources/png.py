@@ -19,7 +19,9 @@ def read_png_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.size != size:
-                raise SourceError(path, f"mask is {image.size[0]}x{image.size[1]}, frames are {size[0]}x{size[1]}")
+                raise SourceError(
+                    path, f"mask is {image.size[0]}x{image.size[1]}, frames are {size[0]}x{size[1]}"
+                )
             return (np.asarray(image) != 0).astype(np.uint8)
     except (OSError, SyntaxError, ValueError) as error:
         raise SourceError(path, f"unreadable PNG ({error})") from None
@@ -28,16 +30,24 @@ def read_png_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 class PngMaskVideo(Video):
     def __init__(self, ref: VideoRef) -> None:
         frames, masks = Path(ref.frames), Path(ref.annotations[0])
-        objects = sorted((p for p in masks.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        objects = sorted(
+            (p for p in masks.iterdir() if p.is_dir() and p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
         if not objects:
             raise SourceError(masks, "no object folders (expected <obj:03d>/<frame:05d>.png)")
-        indices = sorted({int(p.stem) for obj in objects for p in obj.glob("*.png") if p.stem.isdigit()})
+        indices = sorted(
+            {int(p.stem) for obj in objects for p in obj.glob("*.png") if p.stem.isdigit()}
+        )
         if not indices:
             raise SourceError(masks, "no mask PNGs")
         jpegs = {int(p.stem) for p in frames.glob("*.jpg") if p.stem.isdigit()}
         missing = [i for i in indices if i not in jpegs]
         if missing:
-            raise SourceError(frames / f"{missing[0]:05d}.jpg", f"missing frame ({len(missing)} annotated frames have no JPEG)")
+            raise SourceError(
+                frames / f"{missing[0]:05d}.jpg",
+                f"missing frame ({len(missing)} annotated frames have no JPEG)",
+            )
         with Image.open(frames / f"{indices[0]:05d}.jpg") as first:
             width, height = first.size
         self._paths = [[obj / f"{i:05d}.png" for obj in objects] for i in indices]

@@ -21,7 +21,9 @@ from prebake.sources.base import Masklet, Video, VideoRef
 
 def load_annotations(ref: VideoRef) -> list[Annotation]:
     """The ref's JSON files (manual and/or auto), checked to describe the same video."""
-    loaded = [load_annotation(Path(path), ref.video_id, _masklet_type(path)) for path in ref.annotations]
+    loaded = [
+        load_annotation(Path(path), ref.video_id, _masklet_type(path)) for path in ref.annotations
+    ]
     first = loaded[0]
     for other in loaded[1:]:
         shape = (other.height, other.width, other.frame_count, len(other.rles))
@@ -82,7 +84,9 @@ class Mp4Video(JsonAnnotatedVideo):
         except av.error.FFmpegError as error:
             raise SourceError(path, f"cannot decode video ({error.strerror or error})") from None
         if target is not None:
-            raise SourceError(path, f"video ends after {decoded} frames; annotation needs frame {target}")
+            raise SourceError(
+                path, f"video ends after {decoded} frames; annotation needs frame {target}"
+            )
 
 
 def discover(src: Path, masklets: str) -> list[VideoRef]:

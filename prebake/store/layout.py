@@ -55,7 +55,9 @@ class StoreDir:
                 metadata = json.load(handle)
         except (OSError, ValueError):
             return None
-        attrs = metadata.get("attributes", {}).get("prebake") if isinstance(metadata, dict) else None
+        attrs = (
+            metadata.get("attributes", {}).get("prebake") if isinstance(metadata, dict) else None
+        )
         return attrs if isinstance(attrs, dict) and attrs.get("schema") == SCHEMA_NAME else None
 
     def require_complete(self) -> dict[str, Any]:
@@ -64,9 +66,13 @@ class StoreDir:
             raise StoreError(f"{self.path}: no such store")
         attrs = self.attrs()
         if attrs is None:
-            raise StoreError(f"{self.path}: not a prebake store (no prebake attributes in zarr.json)")
+            raise StoreError(
+                f"{self.path}: not a prebake store (no prebake attributes in zarr.json)"
+            )
         if attrs.get("state") != "complete":
-            raise StoreError(f"{self.path}: store is incomplete (state {attrs.get('state')!r}); rerun the same prebake build to finish it")
+            raise StoreError(
+                f"{self.path}: store is incomplete (state {attrs.get('state')!r}); rerun the same prebake build to finish it"
+            )
         return attrs
 
     def read_plan(self) -> dict[str, Any] | None:

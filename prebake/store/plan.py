@@ -46,7 +46,12 @@ class UnitPlan:
             frame_count=video.frame_count,
             frame_indices=list(video.frame_indices),
             masklets=[(m.type, m.id) for m in video.masklets],
-            items=[(t, k, int(areas[t, k])) for t in range(areas.shape[0]) for k in range(areas.shape[1]) if areas[t, k] > 0],
+            items=[
+                (t, k, int(areas[t, k]))
+                for t in range(areas.shape[0])
+                for k in range(areas.shape[1])
+                if areas[t, k] > 0
+            ],
         )
 
     @classmethod
@@ -65,14 +70,21 @@ class UnitPlan:
 
 
 def _ref_fields(ref: VideoRef) -> dict[str, Any]:
-    return {"video_id": ref.video_id, "layout": ref.layout, "frames": ref.frames, "annotations": list(ref.annotations)}
+    return {
+        "video_id": ref.video_id,
+        "layout": ref.layout,
+        "frames": ref.frames,
+        "annotations": list(ref.annotations),
+    }
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def assign_rows(units: list[UnitPlan], frames_per_shard: int, items_per_shard: int) -> tuple[int, int]:
+def assign_rows(
+    units: list[UnitPlan], frames_per_shard: int, items_per_shard: int
+) -> tuple[int, int]:
     """Give each planned unit shard-aligned row ranges; return the (frame_rows, item_rows) capacity."""
     frame_rows = item_rows = 0
     for unit in units:

@@ -21,7 +21,9 @@ def owned_shards(first_row: int, rows: int, rows_per_shard: int) -> range:
 class RowStream:
     """Consecutive rows of one array, from a shard boundary on, streamed shard by shard."""
 
-    def __init__(self, store: StoreDir, spec: ArraySpec, first_row: int, rows_per_shard: int) -> None:
+    def __init__(
+        self, store: StoreDir, spec: ArraySpec, first_row: int, rows_per_shard: int
+    ) -> None:
         assert first_row % rows_per_shard == 0, "a unit's rows start on a shard boundary"
         self.store = store
         self.spec = spec
@@ -56,7 +58,9 @@ class RowStream:
             self._writer = None
 
 
-def remove_shards(store: StoreDir, spec: ArraySpec, first_row: int, rows: int, rows_per_shard: int) -> None:
+def remove_shards(
+    store: StoreDir, spec: ArraySpec, first_row: int, rows: int, rows_per_shard: int
+) -> None:
     """Delete a unit's shards (after it failed), so the store holds nothing it does not list."""
     for shard in owned_shards(first_row, rows, rows_per_shard):
         path: Path = store.shard_path(spec, shard)
