@@ -8,6 +8,7 @@ which gives a store bitwise identical to an uninterrupted build.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -102,10 +103,8 @@ _progress: Callable[[int], None] = lambda frames: None  # noqa: E731 (replaced i
 def _init_worker(progress_queue: Any) -> None:
     global _progress
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:  # die with the parent, so no orphan keeps writing after a kill -9
+    with contextlib.suppress(OSError):  # die with the parent: no orphan writes after a kill -9
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
     _progress = progress_queue.put
 
 
@@ -526,10 +525,10 @@ def make_tables(
             videos[key].append(value)
     specs = array_specs()
     tables = {"frames/video": frame_video, "frames/frame_index": frame_index}
-    for key, values in columns.items():
-        tables[f"items/{key}"] = np.array(values, dtype=specs[f"items/{key}"].numpy_dtype)
-    for key, values in videos.items():
-        tables[f"videos/{key}"] = np.array(values, dtype=specs[f"videos/{key}"].numpy_dtype)
+    for key, column in columns.items():
+        tables[f"items/{key}"] = np.array(column, dtype=specs[f"items/{key}"].numpy_dtype)
+    for key, video_column in videos.items():
+        tables[f"videos/{key}"] = np.array(video_column, dtype=specs[f"videos/{key}"].numpy_dtype)
     return tables
 
 

@@ -43,15 +43,33 @@ def _human_bytes(count: float) -> str:
 @app.command()
 def build(
     src: Annotated[Path, typer.Option("--src", help="SA-V source folder (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", help="Store to create, or to resume if it is incomplete.")],
-    workers: Annotated[int, typer.Option(help="Worker processes (default: the machine's cores).", min=1)] = os.cpu_count() or 1,
-    masklets: Annotated[str, typer.Option(help="Masklets to bake: manual (as SAM 2 trains), auto or all.")] = "manual",
-    layout: Annotated[str, typer.Option(help="Source layout: auto (detect), train, frames or png.")] = "auto",
-    limit: Annotated[int | None, typer.Option(help="Bake only the first N videos (by id).", min=1)] = None,
-    videos: Annotated[Path | None, typer.Option(help="File listing the video ids to bake, one per line.")] = None,
-    frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file of the image arrays.", min=1)] = 64,
-    items_per_shard: Annotated[int, typer.Option(help="Items per shard file of the mask arrays.", min=1)] = 1024,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Store to create, or to resume if it is incomplete.")
+    ],
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (default: the machine's cores).", min=1)
+    ] = os.cpu_count() or 1,
+    masklets: Annotated[
+        str, typer.Option(help="Masklets to bake: manual (as SAM 2 trains), auto or all.")
+    ] = "manual",
+    layout: Annotated[
+        str, typer.Option(help="Source layout: auto (detect), train, frames or png.")
+    ] = "auto",
+    limit: Annotated[
+        int | None, typer.Option(help="Bake only the first N videos (by id).", min=1)
+    ] = None,
+    videos: Annotated[
+        Path | None, typer.Option(help="File listing the video ids to bake, one per line.")
+    ] = None,
+    frames_per_shard: Annotated[
+        int, typer.Option(help="Frames per shard file of the image arrays.", min=1)
+    ] = 64,
+    items_per_shard: Annotated[
+        int, typer.Option(help="Items per shard file of the mask arrays.", min=1)
+    ] = 1024,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Bake every annotated frame and (frame, masklet) item under --src into the store --out."""
@@ -69,8 +87,17 @@ def build(
         except OSError as error:
             _fail(f"{videos}: cannot read ({error.strerror})")
     options = BuildOptions(
-        src=src, out=out, workers=workers, masklets=masklets, layout=layout, limit=limit, video_ids=video_ids,
-        frames_per_shard=frames_per_shard, items_per_shard=items_per_shard, overwrite=overwrite, progress=not quiet,
+        src=src,
+        out=out,
+        workers=workers,
+        masklets=masklets,
+        layout=layout,
+        limit=limit,
+        video_ids=video_ids,
+        frames_per_shard=frames_per_shard,
+        items_per_shard=items_per_shard,
+        overwrite=overwrite,
+        progress=not quiet,
     )
     try:
         report = run_build(options)
@@ -79,7 +106,9 @@ def build(
     except PrebakeError as error:
         _fail(str(error))
     if report.already_complete:
-        typer.echo(f"{out}: already complete ({report.videos} videos, {report.frames} frames, {report.items} items); nothing to do")
+        typer.echo(
+            f"{out}: already complete ({report.videos} videos, {report.frames} frames, {report.items} items); nothing to do"
+        )
     else:
         per_frame = report.bytes / report.frames if report.frames else 0
         typer.echo(
@@ -98,8 +127,13 @@ def build(
 @app.command()
 def verify(
     store: Store,
-    src: Annotated[Path | None, typer.Option("--src", help="Source to re-derive sampled items from, bit for bit.")] = None,
-    samples: Annotated[str, typer.Option(help="Items to re-derive with --src: a number, or 'all'.")] = "16",
+    src: Annotated[
+        Path | None,
+        typer.Option("--src", help="Source to re-derive sampled items from, bit for bit."),
+    ] = None,
+    samples: Annotated[
+        str, typer.Option(help="Items to re-derive with --src: a number, or 'all'.")
+    ] = "16",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -109,7 +143,12 @@ def verify(
     if samples != "all" and not samples.isdigit():
         _fail(f"--samples must be a number or 'all', not {samples!r}")
     try:
-        report = verify_store(store, src=src, samples=None if samples == "all" else int(samples), progress=not (quiet or as_json))
+        report = verify_store(
+            store,
+            src=src,
+            samples=None if samples == "all" else int(samples),
+            progress=not (quiet or as_json),
+        )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
@@ -117,7 +156,9 @@ def verify(
 
 
 @app.command()
-def info(store: Store, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+def info(
+    store: Store, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False
+) -> None:
     """Describe a store: counts, failures, arrays, sizes, build parameters and versions."""
     from prebake.info import format_info, store_info
 
@@ -133,7 +174,9 @@ def show(
     store: Store,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
     item: Annotated[int | None, typer.Option("--item", help="Item to draw.", min=0)] = None,
-    grid: Annotated[int | None, typer.Option("--grid", help="Contact sheet of N random items.", min=1)] = None,
+    grid: Annotated[
+        int | None, typer.Option("--grid", help="Contact sheet of N random items.", min=1)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --grid.")] = 0,
 ) -> None:
     """Draw items as a PNG: 1024 image with its mask, the 448 image and the 16 x 16 prompt grid."""
@@ -151,8 +194,13 @@ def show(
 @app.command()
 def bench(
     store: Store,
-    src: Annotated[Path | None, typer.Option("--src", help="Also time the on-the-fly pipeline on this source.")] = None,
-    build_src: Annotated[Path | None, typer.Option("--build-src", help="Also measure build scaling and memory on this source.")] = None,
+    src: Annotated[
+        Path | None, typer.Option("--src", help="Also time the on-the-fly pipeline on this source.")
+    ] = None,
+    build_src: Annotated[
+        Path | None,
+        typer.Option("--build-src", help="Also measure build scaling and memory on this source."),
+    ] = None,
     items: Annotated[int, typer.Option(help="Items per reader measurement.", min=1)] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
@@ -167,7 +215,11 @@ def bench(
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option("--out", help="Folder for the sample and its store.")] = Path("demo-out")) -> None:
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the sample and its store.")] = Path(
+        "demo-out"
+    ),
+) -> None:
     """Make the built-in SA-V sample, build it, verify it and read a batch back."""
     from prebake.demo import run_demo
 

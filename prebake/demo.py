@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -47,8 +48,12 @@ class SampleVideo:
 def default_sample() -> list[SampleVideo]:
     """Three short videos: landscape, portrait, and one without an `_auto.json`."""
     disc = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.15)
-    box = SampleObject("manual", "box", (40, 200, 90), (0.6, 0.6), (-0.008, -0.006), 0.12, visible=(2, 10**9))
-    hidden = SampleObject("manual", "disc", (255, 255, 0), (0.5, 0.5), (0.0, 0.0), 0.1, visible=(0, 0))
+    box = SampleObject(
+        "manual", "box", (40, 200, 90), (0.6, 0.6), (-0.008, -0.006), 0.12, visible=(2, 10**9)
+    )
+    hidden = SampleObject(
+        "manual", "disc", (255, 255, 0), (0.5, 0.5), (0.0, 0.0), 0.1, visible=(0, 0)
+    )
     overlap = SampleObject("auto", "box", (30, 80, 220), (0.35, 0.45), (0.009, 0.003), 0.2)
     small = SampleObject("auto", "disc", (250, 250, 250), (0.8, 0.2), (-0.004, 0.01), 0.05)
     return [
@@ -90,14 +95,18 @@ def render(video: SampleVideo, index: int) -> tuple[np.ndarray, list[np.ndarray]
     return frame, masks
 
 
-def _annotation(video: SampleVideo, kind: str, masks_by_frame: list[list[np.ndarray]]) -> dict[str, object]:
+def _annotation(
+    video: SampleVideo, kind: str, masks_by_frame: list[list[np.ndarray]]
+) -> dict[str, object]:
     keep = [k for k, obj in enumerate(video.objects) if obj.kind == kind]
     masklet = []
     for masks in masks_by_frame:
         row = []
         for k in keep:
             rle = mask_utils.encode(np.asfortranarray(masks[k]))
-            row.append({"size": [video.height, video.width], "counts": rle["counts"].decode("ascii")})
+            row.append(
+                {"size": [video.height, video.width], "counts": rle["counts"].decode("ascii")}
+            )
         masklet.append(row)
     floats = kind == "manual"  # the real manual files carry floats where auto ones carry ints
     return {
@@ -110,10 +119,15 @@ def _annotation(video: SampleVideo, kind: str, masks_by_frame: list[list[np.ndar
         "masklet": masklet,
         "masklet_id": list(range(len(keep))),
         "masklet_num": len(keep),
-        "masklet_first_appeared_frame": [float(video.objects[k].visible[0]) if floats else video.objects[k].visible[0] for k in keep],
+        "masklet_first_appeared_frame": [
+            float(video.objects[k].visible[0]) if floats else video.objects[k].visible[0]
+            for k in keep
+        ],
         "masklet_frame_count": [len(masklet)] * len(keep),
         "masklet_type": [kind] * len(keep),
-        "masklet_stability_score": [None] * len(keep) if floats else [[1.0] * len(keep) for _ in masklet],
+        "masklet_stability_score": [None] * len(keep)
+        if floats
+        else [[1.0] * len(keep) for _ in masklet],
     }
 
 
@@ -162,7 +176,9 @@ def write_video(video: SampleVideo, root: Path, layout: str) -> None:
             json.dump(_annotation(video, kind, annotated), handle)
 
 
-def write_sample(root: Path, layout: str = "train", videos: list[SampleVideo] | None = None) -> Path:
+def write_sample(
+    root: Path, layout: str = "train", videos: list[SampleVideo] | None = None
+) -> Path:
     for video in videos or default_sample():
         write_video(video, root, layout)
     return root
@@ -182,27 +198,45 @@ def run_demo(out: Path, echo: Callable[[str], None] = print) -> int:
     sample, store = out / "sample", out / "store.zarr"
     shutil.rmtree(sample, ignore_errors=True)
     write_sample(sample, "train")
-    echo(f"sample: {len(default_sample())} SA-V-format videos (H.264 mp4 + manual/auto JSON) in {sample}")
-    report = build(BuildOptions(src=sample, out=store, workers=2, masklets="all", frames_per_shard=4, items_per_shard=16, overwrite=True))
-    echo(f"build: {report.videos} videos, {report.frames} frames, {report.items} items, {report.bytes / 1e6:.1f} MB, {report.frames_per_second:.1f} frames/s")
+    echo(
+        f"sample: {len(default_sample())} SA-V-format videos (H.264 mp4 + manual/auto JSON) in {sample}"
+    )
+    report = build(
+        BuildOptions(
+            src=sample,
+            out=store,
+            workers=2,
+            masklets="all",
+            frames_per_shard=4,
+            items_per_shard=16,
+            overwrite=True,
+        )
+    )
+    echo(
+        f"build: {report.videos} videos, {report.frames} frames, {report.items} items, {report.bytes / 1e6:.1f} MB, {report.frames_per_second:.1f} frames/s"
+    )
     verdict = verify_store(store, src=sample, samples=None)
     echo(f"verify: {verdict.summary()}")
     batch = _read_batch(store)
     echo("batch of 4 items through DataLoader(num_workers=2):")
     for key, value in batch.items():
         if hasattr(value, "dtype"):
-            echo(f"  {key:15s} {str(value.dtype):14s} {tuple(value.shape)} min {value.min().item():.3f} max {value.max().item():.3f}")
+            echo(
+                f"  {key:15s} {value.dtype!s:14s} {tuple(value.shape)} min {value.min().item():.3f} max {value.max().item():.3f}"
+            )
         else:
             echo(f"  {key:15s} {value}")
-    echo(f"store: {store} (try: prebake info {store}; prebake show {store} --grid 8 --out preview.png)")
+    echo(
+        f"store: {store} (try: prebake info {store}; prebake show {store} --grid 8 --out preview.png)"
+    )
     return 0 if verdict.ok and not report.failures else 1
 
 
-def _read_batch(store: Path) -> dict[str, object]:
+def _read_batch(store: Path) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from prebake.reader import PrebakedDataset
 
     loader = DataLoader(PrebakedDataset(store), batch_size=4, shuffle=True, num_workers=2)
-    batch: dict[str, object] = next(iter(loader))
+    batch: dict[str, Any] = next(iter(loader))
     return batch

@@ -53,7 +53,9 @@ def pixel_values(frame: Image.Image) -> np.ndarray:
 def masks(mask: np.ndarray) -> np.ndarray:
     """Ground truth: uint8 (1024, 1024) holding exactly 0 and 1, Pillow NEAREST from the original."""
     binary = (mask != 0).astype(np.uint8)
-    return np.asarray(Image.fromarray(binary).resize((MASK_SIZE, MASK_SIZE), Image.Resampling.NEAREST))
+    return np.asarray(
+        Image.fromarray(binary).resize((MASK_SIZE, MASK_SIZE), Image.Resampling.NEAREST)
+    )
 
 
 def prompt_masks(mask: np.ndarray) -> np.ndarray:

@@ -8,7 +8,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 @cache
 def library_versions() -> dict[str, str]:
-    names = {"prebake": "prebake", "pillow": "pillow", "av": "av", "zarr": "zarr", "numpy": "numpy", "numcodecs": "numcodecs", "pycocotools": "pycocotools"}
+    names = {
+        "prebake": "prebake",
+        "pillow": "pillow",
+        "av": "av",
+        "zarr": "zarr",
+        "numpy": "numpy",
+        "numcodecs": "numcodecs",
+        "pycocotools": "pycocotools",
+    }
     found = {}
     for key, distribution in names.items():
         try:

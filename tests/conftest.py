@@ -16,7 +16,13 @@ REAL_VIDEO = SHARED / "fixtures" / "real_video" / "01_dog.mp4"
 
 def build_store(src: Path, out: Path, **options: object) -> Path:
     """Build quietly with small shards, so every video spans several shards."""
-    settings: dict[str, object] = {"workers": 1, "masklets": "all", "frames_per_shard": 4, "items_per_shard": 8, "progress": False}
+    settings: dict[str, object] = {
+        "workers": 1,
+        "masklets": "all",
+        "frames_per_shard": 4,
+        "items_per_shard": 8,
+        "progress": False,
+    }
     settings.update(options)
     build(BuildOptions(src=src, out=out, **settings))  # type: ignore[arg-type]
     return out

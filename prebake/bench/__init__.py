@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-def run_bench(store: Path, *, src: Path | None = None, build_src: Path | None = None, items: int = 200) -> dict[str, Any]:
+def run_bench(
+    store: Path, *, src: Path | None = None, build_src: Path | None = None, items: int = 200
+) -> dict[str, Any]:
     from prebake.bench.reader import bench_reader
 
     results: dict[str, Any] = {"reader": bench_reader(store, src=src, items=items)}

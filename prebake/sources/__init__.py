@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prebake.errors import PrebakeError
@@ -9,7 +10,7 @@ from prebake.sources import frames, png, train
 from prebake.sources.base import MASKLET_TYPES, Masklet, Video, VideoRef
 
 LAYOUTS = {"train": train, "frames": frames, "png": png}
-_VIDEO_CLASSES: dict[str, type[Video]] = {
+_VIDEO_CLASSES: dict[str, Callable[[VideoRef], Video]] = {
     "train": train.Mp4Video,
     "frames": frames.JpegFolderVideo,
     "png": png.PngMaskVideo,

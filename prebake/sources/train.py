@@ -66,7 +66,7 @@ class Mp4Video(JsonAnnotatedVideo):
     def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
         path = self.ref.frames
         wanted = iter(enumerate(self.frame_indices))
-        t, target = next(wanted, (None, None))
+        t, target = next(wanted, (-1, None))
         decoded = 0
         try:
             with av.open(path) as container:
@@ -77,7 +77,7 @@ class Mp4Video(JsonAnnotatedVideo):
                         image = Image.fromarray(frame.to_ndarray(format="rgb24"))
                         self.check_frame_size(image, path)
                         yield t, image
-                        t, target = next(wanted, (None, None))
+                        t, target = next(wanted, (-1, None))
                         if target is None:
                             return
                     decoded += 1

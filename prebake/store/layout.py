@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
 from prebake.errors import StoreError
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, ArraySpec, array_specs, schema_document
@@ -26,16 +25,6 @@ def atomic_write_json(path: Path, data: object) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-
-
-def _codec(entry: dict[str, Any]) -> BytesCodec | ZstdCodec | Crc32cCodec:
-    if entry["name"] == "bytes":
-        return BytesCodec(**entry.get("configuration", {}))
-    if entry["name"] == "zstd":
-        return ZstdCodec(**entry["configuration"])
-    if entry["name"] == "crc32c":
-        return Crc32cCodec()
-    raise ValueError(f"unknown codec {entry['name']!r}")
 
 
 class StoreDir:
@@ -140,8 +129,8 @@ class StoreDir:
                 dtype=spec.numpy_dtype,
                 chunks=(1, *spec.row_shape),
                 shards=(per_shard, *spec.row_shape),
-                serializer=_codec(spec.codecs[0]),
-                compressors=[_codec(codec) for codec in spec.codecs[1:]],
+                serializer=spec.codecs[0],
+                compressors=list(spec.codecs[1:]),
                 fill_value=spec.fill_value,
                 overwrite=True,
             )
@@ -164,7 +153,8 @@ class StoreDir:
                 shape=values.shape,
                 dtype=str if string else spec.numpy_dtype,
                 chunks=(max(1, min(len(values), chunk)),),
-                compressors=[_codec(codec) for codec in spec.codecs[1:]],
+                serializer=spec.codecs[0],
+                compressors=list(spec.codecs[1:]),
                 fill_value=spec.fill_value,
                 overwrite=True,
             )

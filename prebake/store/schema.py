@@ -16,7 +16,9 @@ import numpy as np
 
 SCHEMA_NAME = "prebake-store"
 SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / f"{SCHEMA_NAME}-v{SCHEMA_VERSION}.json"
+SCHEMA_PATH = (
+    Path(__file__).resolve().parents[1] / "schemas" / f"{SCHEMA_NAME}-v{SCHEMA_VERSION}.json"
+)
 IMAGE_ARRAYS = ("pixel_values", "g_pixel_values")  # one row per annotated frame
 ITEM_ARRAYS = ("prompt_masks", "masks")  # one row per (annotated frame, masklet) item
 DATA_ARRAYS = IMAGE_ARRAYS + ITEM_ARRAYS
@@ -58,6 +60,16 @@ def array_specs() -> dict[str, ArraySpec]:
     document = schema_document()
     specs = {}
     for name, entry in document["arrays"].items():
+        codecs = list(
+            entry.get("codecs")
+            or document["string_table_codecs" if entry["dtype"] == "string" else "table_codecs"]
+        )
+        if (
+            entry["dtype"] != "string"
+            and np.dtype(entry["dtype"]).itemsize == 1
+            and codecs[0]["name"] == "bytes"
+        ):
+            codecs[0] = {"name": "bytes"}  # zarr writes no endian for 1-byte types
         specs[name] = ArraySpec(
             name=name,
             rows=entry["rows"],
@@ -66,7 +78,7 @@ def array_specs() -> dict[str, ArraySpec]:
             fill_value=entry["fill_value"],
             sharded=entry.get("sharded", False),
             rows_per_shard=entry.get("rows_per_shard"),
-            codecs=tuple(entry.get("codecs") or document["string_table_codecs" if entry["dtype"] == "string" else "table_codecs"]),
+            codecs=tuple(codecs),
         )
     return specs
 
@@ -74,7 +86,9 @@ def array_specs() -> dict[str, ArraySpec]:
 def encode_chunk(spec: ArraySpec, row: np.ndarray) -> bytes:
     """One inner chunk (a row) encoded with the array's codecs, exactly as zarr-python would."""
     if row.shape != spec.row_shape or row.dtype != spec.numpy_dtype:
-        raise ValueError(f"{spec.name}: row is {row.dtype}{row.shape}, schema says {spec.dtype}{spec.row_shape}")
+        raise ValueError(
+            f"{spec.name}: row is {row.dtype}{row.shape}, schema says {spec.dtype}{spec.row_shape}"
+        )
     data = np.ascontiguousarray(row).tobytes()
     for codec in spec.codecs[1:]:
         data = _byte_codec(json.dumps(codec, sort_keys=True)).encode(data)
@@ -107,7 +121,9 @@ class _Crc32c:
 
 class _Zstd:
     def __init__(self, configuration: dict[str, Any]) -> None:
-        self._codec = numcodecs.Zstd(level=configuration["level"], checksum=configuration["checksum"])
+        self._codec = numcodecs.Zstd(
+            level=configuration["level"], checksum=configuration["checksum"]
+        )
 
     def encode(self, data: bytes) -> bytes:
         return bytes(self._codec.encode(data))

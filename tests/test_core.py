@@ -1,0 +1,323 @@
+"""Core issue: every layout builds, and every stored value equals the independent reference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+import zarr
+from conftest import REAL_VIDEO, build_store
+
+from prebake.demo import SampleObject, SampleVideo, write_sample
+from prebake.store.schema import DATA_ARRAYS, array_specs, schema_document
+
+Expected = dict[tuple[str, int, str, int], tuple[object, np.ndarray]]
+
+
+def expected_items(
+    src: Path, layout: str, kinds: tuple[str, ...]
+) -> tuple[dict[tuple[str, int], object], Expected]:
+    """From the source alone: each annotated frame's image and each non-empty item's mask."""
+    frames: dict[tuple[str, int], object] = {}
+    items: Expected = {}
+    if layout == "png":
+        for video_dir in sorted((src / "Annotations_6fps").iterdir()):
+            objects = sorted(video_dir.iterdir(), key=lambda p: int(p.name))
+            indices = sorted({int(p.stem) for obj in objects for p in obj.glob("*.png")})
+            for index in indices:
+                image = reference.jpeg_frame(
+                    src / "JPEGImages_24fps" / video_dir.name / f"{index:05d}.jpg"
+                )
+                frames[video_dir.name, index] = image
+                for obj in objects:
+                    mask = reference.png_mask(obj / f"{index:05d}.png", (image.height, image.width))
+                    if mask.any():
+                        items[video_dir.name, index, "manual", int(obj.name)] = (image, mask)
+        return frames, items
+    for manual in sorted(src.rglob("*_manual.json")):
+        video_id = manual.name.removesuffix("_manual.json")
+        per_kind = {kind: manual.with_name(f"{video_id}_{kind}.json") for kind in kinds}
+        decoded = {
+            kind: reference.json_masks(path) for kind, path in per_kind.items() if path.is_file()
+        }
+        if not decoded:
+            continue
+        count = len(next(iter(decoded.values()))[1])
+        indices = [4 * t for t in range(count)]
+        if layout == "train":
+            images = reference.mp4_frames(manual.with_name(f"{video_id}.mp4"), indices)
+        else:
+            folder = next(src.rglob(f"{video_id}/00000.jpg")).parent
+            images = {i: reference.jpeg_frame(folder / f"{i:05d}.jpg") for i in indices}
+        for t, index in enumerate(indices):
+            frames[video_id, index] = images[index]
+            for kind, (ids, masks) in decoded.items():
+                for k, masklet_id in enumerate(ids):
+                    if masks[t][k].any():
+                        items[video_id, index, kind, masklet_id] = (images[index], masks[t][k])
+    return frames, items
+
+
+def assert_store_matches(
+    store: Path, frames: dict[tuple[str, int], object], items: Expected, *, sample_every: int = 1
+) -> None:
+    root = zarr.open_group(store, mode="r")
+    video_ids = root["videos/video_id"][:]
+    frame_video, frame_index = root["frames/video"][:], root["frames/frame_index"][:]
+    stored_frames = {
+        (str(video_ids[v]), int(i)): row
+        for row, (v, i) in enumerate(zip(frame_video, frame_index, strict=True))
+        if v >= 0
+    }
+    assert sorted(stored_frames) == sorted(frames)
+    kinds = root.attrs["prebake"]["masklet_types"]
+    table = {
+        name: root[f"items/{name}"][:]
+        for name in (
+            "video",
+            "frame_index",
+            "masklet_type",
+            "masklet_id",
+            "frame_row",
+            "mask_row",
+            "area",
+            "prompt_cells",
+        )
+    }
+    keys = [
+        (str(video_ids[v]), int(i), kinds[int(kind)], int(m))
+        for v, i, kind, m in zip(
+            table["video"],
+            table["frame_index"],
+            table["masklet_type"],
+            table["masklet_id"],
+            strict=True,
+        )
+    ]
+    assert sorted(keys) == sorted(items)
+    assert len(set(keys)) == len(keys)
+    for position, key in enumerate(keys):
+        assert table["frame_row"][position] == stored_frames[key[:2]]
+        if position % sample_every:
+            continue
+        image, mask = items[key]
+        row, mask_row = int(table["frame_row"][position]), int(table["mask_row"][position])
+        np.testing.assert_array_equal(root["g_pixel_values"][row], reference.g_pixel_values(image))
+        np.testing.assert_array_equal(root["pixel_values"][row], reference.pixel_values(image))
+        np.testing.assert_array_equal(root["masks"][mask_row], reference.masks(mask))
+        np.testing.assert_array_equal(root["prompt_masks"][mask_row], reference.prompt_masks(mask))
+        assert table["area"][position] == int(mask.sum())
+        assert table["prompt_cells"][position] == int(reference.prompt_masks(mask).sum())
+        assert set(np.unique(root["masks"][mask_row])) <= {0, 1}
+
+
+@pytest.mark.parametrize("layout", ["train", "frames", "png"])
+def test_every_item_of_every_layout_is_bit_exact(
+    layout: str, sample_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    src = sample_sources[layout]
+    store = build_store(src, tmp_path / "store.zarr")
+    frames, items = expected_items(src, layout, ("manual", "auto"))
+    assert_store_matches(store, frames, items)
+
+
+def odd_sample() -> list[SampleVideo]:
+    """Odd and portrait sizes, late and never-visible objects, overlaps (JPEG layouts allow odd sizes)."""
+    late = SampleObject(
+        "manual", "disc", (200, 30, 30), (0.5, 0.5), (0.01, -0.01), 0.2, visible=(3, 10**9)
+    )
+    never = SampleObject("manual", "box", (0, 0, 0), (0.2, 0.2), (0.0, 0.0), 0.1, visible=(0, 0))
+    under = SampleObject("manual", "box", (10, 200, 10), (0.45, 0.5), (0.0, 0.01), 0.25)
+    early = SampleObject("auto", "disc", (10, 10, 250), (0.5, 0.5), (0.0, 0.0), 0.1, visible=(0, 2))
+    return [
+        SampleVideo("sav_000317", 317, 243, 30, (late, never, under, early)),
+        SampleVideo("sav_000181", 181, 333, 21, (under, late), write_auto=False),
+        SampleVideo("sav_000017", 17, 9, 5, (under,)),
+    ]
+
+
+@pytest.mark.parametrize("layout", ["frames", "png"])
+def test_odd_sizes_late_and_empty_objects(layout: str, tmp_path: Path) -> None:
+    src = write_sample(tmp_path / "src", layout, odd_sample())
+    store = build_store(src, tmp_path / "store.zarr", frames_per_shard=3, items_per_shard=5)
+    frames, items = expected_items(src, layout, ("manual", "auto"))
+    assert_store_matches(store, frames, items)
+    attrs = zarr.open_group(store, mode="r").attrs["prebake"]
+    assert attrs["counts"] == {
+        "videos": 3,
+        "videos_failed": 0,
+        "frames": len(frames),
+        "items": len(items),
+    }
+
+
+@pytest.mark.parametrize("masklets", ["manual", "auto"])
+def test_masklet_selection(masklets: str, sample_sources: dict[str, Path], tmp_path: Path) -> None:
+    src = sample_sources["train"]
+    store = build_store(src, tmp_path / "store.zarr", masklets=masklets)
+    frames, items = expected_items(src, "train", (masklets,))
+    if masklets == "auto":  # a video without an _auto.json is not baked for auto masklets
+        frames = {key: value for key, value in frames.items() if key[0] != "sav_900003"}
+    assert_store_matches(store, frames, items, sample_every=5)
+
+
+def test_videos_file_and_limit(sample_sources: dict[str, Path], tmp_path: Path) -> None:
+    from prebake.build import BuildOptions, build
+
+    report = build(
+        BuildOptions(
+            src=sample_sources["train"],
+            out=tmp_path / "a.zarr",
+            video_ids=["sav_900002"],
+            progress=False,
+        )
+    )
+    assert report.videos == 1
+    assert list(zarr.open_group(tmp_path / "a.zarr", mode="r")["videos/video_id"][:]) == [
+        "sav_900002"
+    ]
+    report = build(
+        BuildOptions(src=sample_sources["train"], out=tmp_path / "b.zarr", limit=2, progress=False)
+    )
+    assert list(zarr.open_group(tmp_path / "b.zarr", mode="r")["videos/video_id"][:]) == [
+        "sav_900001",
+        "sav_900002",
+    ]
+
+
+def test_store_structure_follows_the_schema(train_store: Path) -> None:
+    document = schema_document()
+    root = zarr.open_group(train_store, mode="r")
+    attrs = root.attrs["prebake"]
+    assert attrs["schema"] == document["name"] and attrs["schema_version"] == document["version"]
+    assert attrs["state"] == "complete"
+    for key in (
+        "frame_rows",
+        "item_rows",
+        "masklet_types",
+        "params",
+        "versions",
+        "source",
+        "counts",
+        "failures",
+        "build",
+    ):
+        assert key in attrs
+    for name, spec in array_specs().items():
+        metadata = json.loads((train_store / name / "zarr.json").read_text())
+        rows = {"frame_rows": attrs["frame_rows"], "item_rows": attrs["item_rows"]}.get(spec.rows)
+        if rows is not None:
+            assert metadata["shape"] == [rows, *spec.row_shape], name
+        assert metadata["data_type"] == spec.dtype, name
+        if spec.sharded:
+            (sharding,) = metadata["codecs"]
+            assert sharding["name"] == "sharding_indexed"
+            config = sharding["configuration"]
+            assert config["chunk_shape"] == [1, *spec.row_shape]
+            assert metadata["chunk_grid"]["configuration"]["chunk_shape"] == [
+                attrs["params"][spec.rows_per_shard],
+                *spec.row_shape,
+            ]
+            assert config["codecs"] == list(spec.codecs), name
+            assert config["index_location"] == "end"
+        else:
+            assert metadata["codecs"] == list(spec.codecs), name
+    # The data arrays sit at the root under exactly the seed's names.
+    assert {"pixel_values", "g_pixel_values", "prompt_masks", "masks"} <= set(root.array_keys())
+
+
+def test_shards_are_byte_identical_to_zarr_python(train_store: Path, tmp_path: Path) -> None:
+    """Our streamed shards are exactly what zarr-python writes for the same rows."""
+    source = zarr.open_group(train_store, mode="r")
+    attrs = source.attrs["prebake"]
+    for name in DATA_ARRAYS:
+        original = source[name]
+        per_shard = original.shards[0]
+        copy = zarr.open_group(tmp_path / "copy.zarr", mode="a").create_array(
+            name,
+            shape=original.shape,
+            dtype=original.dtype,
+            chunks=original.chunks,
+            shards=original.shards,
+            serializer=original.serializer,
+            compressors=original.compressors,
+            fill_value=original.fill_value,
+        )
+        rows_table = (
+            source["items/mask_row"][:]
+            if name in ("masks", "prompt_masks")
+            else np.flatnonzero(source["frames/video"][:] >= 0)
+        )
+        for shard in (
+            0,
+            int(rows_table[-1]) // per_shard,
+        ):  # a full shard and a video's last (maybe partial) one
+            rows = [int(r) for r in rows_table if r // per_shard == shard]
+            for row in rows:
+                copy[row] = original[row]
+            key = Path(name, "c", str(shard), *(["0"] * (original.ndim - 1)))
+            assert (train_store / key).read_bytes() == (
+                tmp_path / "copy.zarr" / key
+            ).read_bytes(), (name, shard)
+    assert attrs["counts"]["items"] > 0
+
+
+def test_real_sample_counts_and_values(real_sav: Path, tmp_path: Path) -> None:
+    """The real SA-V sav_000001 annotations: float sizes, float first-appeared frames, None scores."""
+    store = build_store(
+        real_sav,
+        tmp_path / "real.zarr",
+        masklets="manual",
+        frames_per_shard=64,
+        items_per_shard=256,
+    )
+    manual = next(real_sav.rglob("sav_000001_manual.json"))
+    data = json.loads(manual.read_text())
+    assert isinstance(data["video_height"], float) and data["masklet_stability_score"][0] is None
+    _, masks = reference.json_masks(manual)
+    non_empty = sum(int(m.any()) for frame in masks for m in frame)
+    root = zarr.open_group(store, mode="r")
+    counts = root.attrs["prebake"]["counts"]
+    assert counts == {"videos": 1, "videos_failed": 0, "frames": 121, "items": non_empty}
+    assert len(data["masklet"]) == 121
+    frames, items = expected_items(real_sav, "train", ("manual",))
+    assert_store_matches(store, frames, items, sample_every=23)
+
+
+def test_real_h264_video_decodes_bit_exactly(tmp_path: Path) -> None:
+    """The real 1280 x 720 phone clip, with an annotation we write for it, bakes bit-exactly."""
+    if not REAL_VIDEO.is_file():
+        pytest.skip("../shared/fixtures/real_video is absent")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(REAL_VIDEO, src / "sav_777777.mp4")
+    from pycocotools import mask as mask_utils
+
+    ys, xs = np.mgrid[0:720, 0:1280]
+    annotated = list(range(0, 289, 4))[::6]  # keep the build short: every 24th frame annotated...
+    masklet = []
+    for t in range(len(range(0, 289, 4))):
+        mask = (
+            (((xs - 640 - 3 * t) ** 2 + (ys - 360) ** 2) < 150**2).astype(np.uint8)
+            if 4 * t in annotated
+            else np.zeros((720, 1280), np.uint8)
+        )
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        masklet.append([{"size": [720, 1280], "counts": rle["counts"].decode()}])
+    annotation = {
+        "video_id": "sav_777777",
+        "video_height": 720.0,
+        "video_width": 1280.0,
+        "video_frame_count": 289.0,
+        "masklet": masklet,
+        "masklet_id": [0],
+    }
+    (src / "sav_777777_manual.json").write_text(json.dumps(annotation))
+    store = build_store(src, tmp_path / "dog.zarr", masklets="manual", frames_per_shard=32)
+    frames, items = expected_items(src, "train", ("manual",))
+    assert len(frames) == 73 and len(items) == len(annotated)
+    assert_store_matches(store, frames, items)
