@@ -3,7 +3,8 @@
 Commit order makes a crash harmless: a unit's shards are written (atomically, one file at a
 time), then its record; only when every unit has a record are the tables written and the store
 marked complete. Re-running the same build skips units that have a record and redoes the rest,
-which gives a store bitwise identical to an uninterrupted build.
+which gives a store bitwise identical to an uninterrupted build, whenever the first run was
+killed (kill -9 included) or interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from prebake.versions import library_versions
 
 DEFAULT_FRAMES_PER_SHARD = 64
 DEFAULT_ITEMS_PER_SHARD = 1024
+MAX_REASON_CHARS = 300  # a failure reason is one line of a report, not a dump
+PLAN_BATCH = 16  # videos per planning task: parsing one JSON is quick, a task round trip is not
 
 
 class BuildInterrupted(PrebakeError):
@@ -95,24 +98,60 @@ def settings_of(options: BuildOptions) -> dict[str, Any]:
     return {"params": params, "source": source, "pillow": library_versions()["pillow"]}
 
 
+def one_line(text: str) -> str:
+    """A failure reason as one short line (some library messages span several)."""
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
+
+
 # -- worker side ------------------------------------------------------------------------------
 
 _progress: Callable[[int], None] = lambda frames: None  # noqa: E731 (replaced in each worker)
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, parent_pid: int) -> None:
     global _progress
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    with contextlib.suppress(OSError):  # die with the parent: no orphan writes after a kill -9
+    # The parent spawned this process with SIGINT blocked: ignore it before unblocking, so a
+    # Ctrl-C sent to the whole process group is the parent's alone to handle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    with contextlib.suppress(OSError, AttributeError):  # die with the parent (kill -9 included)
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl: nobody will commit our work
+        os._exit(1)
+    tune_memory()
     _progress = progress_queue.put
 
 
+def tune_memory() -> None:
+    """Keep freed frame-sized buffers in the heap for the next frame.
+
+    Every frame allocates a dozen arrays of 1-3 MB; glibc would hand each one fresh mmap'd pages
+    and return them on free, paying page faults for every frame (REFERENCE.md section 6).
+    Only allocation speed changes; the heap stays bounded by one frame's working set.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
+
+
+def plan_units(refs: list[tuple[int, VideoRef]]) -> list[UnitPlan]:
+    return [plan_unit(index, ref) for index, ref in refs]
+
+
 def plan_unit(index: int, ref: VideoRef) -> UnitPlan:
+    """Open and validate one video; a video that cannot be opened is a failed unit, not an error."""
     try:
         return UnitPlan.from_video(index, open_video(ref))
     except PrebakeError as error:
-        return UnitPlan.failed(index, ref, str(error))
+        return UnitPlan.failed(index, ref, one_line(str(error)))
+    except Exception as error:  # never let one broken video stop the build
+        return UnitPlan.failed(index, ref, _unexpected(ref.frames, error))
+
+
+def _unexpected(where: str, error: BaseException) -> str:
+    return one_line(f"{where}: unexpected {type(error).__name__}: {error}")
 
 
 def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -142,11 +181,10 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
             spec = specs[name]
             rows_per_shard = params[str(spec.rows_per_shard)]
             remove_shards(store, spec, first_rows[spec.rows], counts[spec.rows], rows_per_shard)
-        reason = (
-            str(error)
-            if isinstance(error, PrebakeError)
-            else f"{unit.frames}: unexpected {type(error).__name__}: {error}"
-        )
+        if isinstance(error, PrebakeError):
+            reason = one_line(str(error))
+        else:
+            reason = _unexpected(unit.frames, error)
         return {"index": unit.index, "status": "failed", "reason": reason}
     return {
         "index": unit.index,
@@ -174,21 +212,29 @@ def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
     for t, k, area in unit.items:
         items_at[t].append((k, area))
     prompt_cells = []
+    frames = 0
     for t, frame in video.iter_frames():
         streams["pixel_values"].append(transforms.pixel_values(frame))
         streams["g_pixel_values"].append(transforms.g_pixel_values(frame))
+        del frame  # one frame at a time, whatever the video's length
         for k, area in items_at[t]:
             mask = video.mask(t, k)
             if int(np.count_nonzero(mask)) != area:
                 raise SourceError(
                     unit.annotations[0],
-                    f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area than its RLE counts",
+                    f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area "
+                    "than its RLE counts",
                 )
             streams["masks"].append(transforms.masks(mask))
             prompt = transforms.prompt_masks(mask)
             streams["prompt_masks"].append(prompt)
             prompt_cells.append(int(prompt.sum()))
+        frames += 1
         _progress(1)
+    if frames != len(unit.frame_indices):  # a source must yield every planned frame, or raise
+        raise SourceError(
+            unit.frames, f"gave {frames} of the {len(unit.frame_indices)} annotated frames"
+        )
     return prompt_cells
 
 
@@ -196,7 +242,12 @@ def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
 
 
 def build(options: BuildOptions) -> BuildReport:
-    """Build (or resume) the store `options.out` from `options.src`."""
+    """Build (or resume) the store `options.out` from `options.src`.
+
+    Raises StoreError (one line) when the store cannot be built (locked, built with other
+    settings, not a prebake folder) and BuildInterrupted on Ctrl-C; a video that fails is not an
+    error: it is listed in the report's failures and in the store.
+    """
     out = options.out
     store = StoreDir(out)
     if out.exists() and not out.is_dir():
@@ -215,9 +266,16 @@ def build(options: BuildOptions) -> BuildReport:
         if lock.took_over:
             _say(
                 options,
-                f"note: took over the lock of a build that died (pid {lock.took_over.get('pid')} on {lock.took_over.get('host')})",
+                f"note: took over the lock of a build that died (pid {lock.took_over.get('pid')} "
+                f"on {lock.took_over.get('host')})",
             )
-        return _build_locked(options, store)
+        builder = _Builder(options, store)
+        try:
+            return builder.run()
+        except KeyboardInterrupt:
+            raise BuildInterrupted(builder.interrupted_message()) from None
+        finally:
+            builder.close()
 
 
 def _say(options: BuildOptions, message: str) -> None:
@@ -227,86 +285,263 @@ def _say(options: BuildOptions, message: str) -> None:
         tqdm.write(message)
 
 
-def _build_locked(options: BuildOptions, store: StoreDir) -> BuildReport:
-    started = time.time()
-    settings = settings_of(options)
-    attrs = None if options.overwrite else store.attrs()
-    if attrs is not None:
-        differences = [
-            key
-            for key in ("params", "source", "pillow")
-            if attrs["settings"].get(key) != settings[key]
-        ]
-        if differences:
-            raise StoreError(
-                f"{store.path}: store was built with other {' and '.join(differences)} settings; use --overwrite to start over"
-            )
-        if attrs["state"] == "complete":
-            return _report_from_attrs(store.path, attrs, already_complete=True)
-    plan = store.read_plan() if attrs is not None else None
-    if plan is None or plan["settings"] != settings:
-        store.clear()
-        store.prepare_build_dir()
-        plan = _make_plan(options, settings)
-        store.write_plan(plan)
-        attrs = _initial_attrs(options, settings, plan, started)
-        store.create(attrs, settings["params"])
-    else:
-        store.prepare_build_dir()
-    assert attrs is not None
-    units = [UnitPlan.from_json(unit) for unit in plan["units"]]
-    for unit in units:  # videos that could not even be opened are committed as failures now
-        if unit.status == "failed" and store.read_record(unit.index) is None:
-            store.write_record({"index": unit.index, "status": "failed", "reason": unit.reason})
-    todo = [unit for unit in units if store.read_record(unit.index) is None]
-    resumed = sum(unit.status == "planned" for unit in units) - len(todo)
-    if resumed:
-        _say(options, f"resuming: {resumed} videos already baked, {len(todo)} to go")
-    _run_units(options, store, settings["params"], todo)
-    return _commit(store, attrs, units, started, resumed, options.workers)
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT while workers are spawned: they inherit the mask, then ignore SIGINT."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending Ctrl-C arrives now
 
 
-def _make_plan(options: BuildOptions, settings: dict[str, Any]) -> dict[str, Any]:
-    refs = discover(
-        options.src,
-        layout=options.layout,
-        masklets=options.masklets,
-        video_ids=options.video_ids,
-        limit=options.limit,
-    )
-    units = list(_parallel(options, "planning", "videos", plan_unit, list(enumerate(refs))))
-    units.sort(key=lambda unit: unit.index)
-    frame_rows, item_rows = assign_rows(units, options.frames_per_shard, options.items_per_shard)
-    return {
-        "settings": settings,
-        "frame_rows": frame_rows,
-        "item_rows": item_rows,
-        "units": [u.to_json() for u in units],
-    }
+class _WorkerPool:
+    """The worker processes of one build, spawned once for planning and baking alike (each
+    costs about a second of imports)."""
 
-
-def _parallel(
-    options: BuildOptions,
-    label: str,
-    unit_name: str,
-    function: Callable[..., Any],
-    arguments: list[tuple[Any, ...]],
-) -> Iterator[Any]:
-    from tqdm import tqdm
-
-    with tqdm(
-        total=len(arguments), desc=label, unit=unit_name, disable=not options.progress
-    ) as bar:
-        if options.workers <= 1:
-            for args in arguments:
-                yield function(*args)
-                bar.update(1)
-            return
+    def __init__(self, workers: int) -> None:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(options.workers, mp_context=context) as executor:
-            for result in executor.map(function, *zip(*arguments, strict=True), chunksize=8):
-                yield result
-                bar.update(1)
+        self.progress_queue = context.Queue()
+        self.executor = ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self.progress_queue, os.getpid()),
+        )
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        with _sigint_blocked():  # submit() spawns the workers
+            return self.executor.submit(function, *args)
+
+    def drain(self, bar: Any) -> None:
+        while True:
+            try:
+                bar.update(self.progress_queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def close(self, *, kill: bool) -> None:
+        if kill:  # interrupted or failed: stop the work in flight, it is redone on resume
+            processes = dict(getattr(self.executor, "_processes", None) or {})
+            for process in processes.values():
+                if process.is_alive():
+                    process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.progress_queue.close()
+        self.progress_queue.join_thread()
+
+
+class _Builder:
+    """One run of `build` on a locked store: plan (or read the plan), bake, commit."""
+
+    def __init__(self, options: BuildOptions, store: StoreDir) -> None:
+        self.options = options
+        self.store = store
+        self.phase = "starting"
+        self.committed = 0  # units with a record (earlier runs included)
+        self.planned = 0
+        self._pool: _WorkerPool | None = None
+        self._finished = False
+
+    def pool(self) -> _WorkerPool:
+        if self._pool is None:
+            self._pool = _WorkerPool(self.options.workers)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close(kill=not self._finished)
+            self._pool = None
+
+    def interrupted_message(self) -> str:
+        where = self.store.path
+        if self.phase in ("starting", "planning"):
+            return (
+                f"{where}: interrupted while planning, nothing baked yet; "
+                "run the same command again to start"
+            )
+        if self.phase == "baking":
+            return (
+                f"{where}: interrupted; {self.committed} of {self.planned} videos are committed "
+                "and kept; run the same command again to resume"
+            )
+        return f"{where}: interrupted while finishing; run the same command again to finish"
+
+    def run(self) -> BuildReport:
+        options, store = self.options, self.store
+        started = time.time()
+        settings = settings_of(options)
+        attrs = None if options.overwrite else store.attrs()
+        if attrs is not None:
+            _check_settings(store.path, attrs.get("settings") or {}, settings)
+            if attrs["state"] == "complete":
+                if store.build_dir.is_dir():  # a crash between the last two steps of a commit
+                    store.remove_build_dir()
+                self._finished = True
+                return _report_from_attrs(store.path, attrs, already_complete=True)
+        plan = store.read_plan() if attrs is not None else None
+        if plan is None or plan["settings"] != settings:
+            self.phase = "planning"
+            store.clear()
+            store.prepare_build_dir()
+            plan = self._make_plan(settings)
+            store.write_plan(plan)
+            attrs = _initial_attrs(options, settings, plan, started)
+            store.create(attrs, settings["params"])
+        else:
+            store.prepare_build_dir()
+        assert attrs is not None
+        self.phase = "baking"
+        units = [UnitPlan.from_json(unit) for unit in plan["units"]]
+        for unit in units:  # videos that could not even be opened are committed as failures now
+            if unit.status == "failed" and store.read_record(unit.index) is None:
+                store.write_record({"index": unit.index, "status": "failed", "reason": unit.reason})
+        todo = [unit for unit in units if store.read_record(unit.index) is None]
+        self.planned = len(units)
+        self.committed = len(units) - len(todo)
+        resumed = sum(unit.status == "planned" for unit in units) - len(todo)
+        if resumed:
+            _say(options, f"resuming: {resumed} videos already baked, {len(todo)} to go")
+        self._bake(settings["params"], todo)
+        self.phase = "committing"
+        report = _commit(store, attrs, units, started, resumed, options.workers)
+        self._finished = True
+        return report
+
+    def _make_plan(self, settings: dict[str, Any]) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        options = self.options
+        refs = list(
+            enumerate(
+                discover(
+                    options.src,
+                    layout=options.layout,
+                    masklets=options.masklets,
+                    video_ids=options.video_ids,
+                    limit=options.limit,
+                )
+            )
+        )
+        units: list[UnitPlan] = []
+        with tqdm(
+            total=len(refs), desc="planning", unit="video", disable=not options.progress
+        ) as bar:
+            if options.workers <= 1:
+                for index, ref in refs:
+                    units.append(plan_unit(index, ref))
+                    bar.update(1)
+            else:
+                pool = self.pool()
+                batches = [refs[i : i + PLAN_BATCH] for i in range(0, len(refs), PLAN_BATCH)]
+                futures = [pool.submit(plan_units, batch) for batch in batches]
+                for future in futures:
+                    planned = self._result(future)
+                    units.extend(planned)
+                    bar.update(len(planned))
+        units.sort(key=lambda unit: unit.index)
+        frame_rows, item_rows = assign_rows(
+            units, options.frames_per_shard, options.items_per_shard
+        )
+        return {
+            "settings": settings,
+            "frame_rows": frame_rows,
+            "item_rows": item_rows,
+            "units": [u.to_json() for u in units],
+        }
+
+    def _result(self, future: Future[Any]) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise StoreError(
+                f"{self.store.path}: a worker process died (killed, or out of memory?); "
+                "run the same command again to resume"
+            ) from None
+
+    def _bake(self, params: dict[str, Any], todo: list[UnitPlan]) -> None:
+        from tqdm import tqdm
+
+        options, store = self.options, self.store
+        # Longest videos first: the last units to finish are then short ones, so no worker
+        # idles long at the end. The order changes nothing stored (rows are planned).
+        todo = sorted(todo, key=lambda unit: (-len(unit.frame_indices), unit.index))
+        bar = tqdm(
+            total=sum(len(unit.frame_indices) for unit in todo),
+            desc="baking",
+            unit="frame",
+            disable=not options.progress,
+            smoothing=0.05,
+        )
+        failed = 0
+
+        def commit_record(record: dict[str, Any]) -> None:
+            nonlocal failed
+            store.write_record(record)
+            self.committed += 1
+            failed += record["status"] != "ok"
+            bar.set_postfix_str(f"videos {self.committed}/{self.planned}, failed {failed}")
+
+        try:
+            if options.workers <= 1 or not todo:
+                global _progress
+                _progress = bar.update
+                tune_memory()
+                for unit in todo:
+                    commit_record(bake_unit(str(store.path), unit.to_json(), params))
+                return
+            pool = self.pool()
+            pending: set[Future[dict[str, Any]]] = set()
+            units = iter(todo)
+            while True:
+                while len(pending) < 2 * options.workers and (upcoming := next(units, None)):
+                    job = (str(store.path), upcoming.to_json(), params)
+                    pending.add(pool.submit(bake_unit, *job))
+                if not pending:
+                    break
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                pool.drain(bar)
+                for future in finished:
+                    commit_record(self._result(future))
+            pool.drain(bar)
+        finally:
+            bar.close()
+
+
+def _check_settings(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Refuse to resume or reuse a store made with other settings, naming what differs."""
+    differences = _differences(stored, wanted)
+    if differences:
+        shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+        raise StoreError(
+            f"{path}: store was built with other settings ({shown}); "
+            "use --overwrite to start over, or rerun with the store's settings"
+        )
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    stored_flat, wanted_flat = _flatten(stored), _flatten(wanted)
+    return [
+        f"{_setting_label(key)}: store {stored_flat.get(key)!r}, this command {wanted_flat.get(key)!r}"
+        for key in sorted(set(stored_flat) | set(wanted_flat))
+        if stored_flat.get(key) != wanted_flat.get(key)
+    ]
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _setting_label(key: str) -> str:
+    """`params.masklets` -> `masklets` (as the option is named), `source.root` -> `source root`."""
+    group, _, name = key.partition(".")
+    return {"params": name, "source": f"source {name}"}.get(group, key)
 
 
 def _initial_attrs(
@@ -332,89 +567,6 @@ def _initial_attrs(
 
 def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _run_units(
-    options: BuildOptions, store: StoreDir, params: dict[str, Any], todo: list[UnitPlan]
-) -> None:
-    from tqdm import tqdm
-
-    total_frames = sum(len(unit.frame_indices) for unit in todo)
-    bar = tqdm(
-        total=total_frames,
-        desc="baking",
-        unit="frame",
-        disable=not options.progress,
-        smoothing=0.05,
-    )
-    done = failed = 0
-
-    def commit_record(record: dict[str, Any]) -> None:
-        nonlocal done, failed
-        store.write_record(record)
-        done += 1
-        failed += record["status"] != "ok"
-        bar.set_postfix_str(f"videos {done}/{len(todo)}, failed {failed}")
-
-    try:
-        if options.workers <= 1:
-            global _progress
-            _progress = bar.update
-            for unit in todo:
-                commit_record(bake_unit(str(store.path), unit.to_json(), params))
-        else:
-            _run_pool(options.workers, store, params, todo, bar, commit_record)
-    except KeyboardInterrupt:
-        raise BuildInterrupted(
-            f"{store.path}: interrupted; {done} of {len(todo)} videos committed in this run. Run the same command again to resume."
-        ) from None
-    finally:
-        bar.close()
-
-
-def _run_pool(
-    workers: int,
-    store: StoreDir,
-    params: dict[str, Any],
-    todo: Iterable[UnitPlan],
-    bar: Any,
-    commit_record: Callable[[dict[str, Any]], None],
-) -> None:
-    context = multiprocessing.get_context("spawn")
-    progress_queue = context.Queue()
-    executor = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)
-    )
-    pending: set[Future[dict[str, Any]]] = set()
-    units = iter(todo)
-    try:
-        while True:
-            while len(pending) < 2 * workers and (unit := next(units, None)) is not None:
-                pending.add(executor.submit(bake_unit, str(store.path), unit.to_json(), params))
-            if not pending:
-                break
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(progress_queue, bar)
-            for future in finished:
-                commit_record(future.result())
-        _drain(progress_queue, bar)
-    except BrokenProcessPool:
-        raise StoreError(
-            f"{store.path}: a worker process died (killed, or out of memory?); run the same command again to resume"
-        ) from None
-    finally:
-        for process in list(getattr(executor, "_processes", {}).values()):
-            if process.is_alive():
-                process.kill()
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _drain(progress_queue: Any, bar: Any) -> None:
-    while True:
-        try:
-            bar.update(progress_queue.get_nowait())
-        except queue.Empty:
-            return
 
 
 def _commit(

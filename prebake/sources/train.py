@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -70,9 +71,9 @@ class Mp4Video(JsonAnnotatedVideo):
         decoded = 0
         try:
             with av.open(path) as container:
-                if not container.streams.video:
-                    raise SourceError(path, "no video stream")
-                for frame in container.decode(container.streams.video[0]):
+                for frame in container.decode(self._open_stream(container)):
+                    if frame.is_corrupt:  # concealed damage would be baked as if it were data
+                        raise SourceError(path, f"frame {decoded} is corrupt (damaged video data)")
                     if decoded == target:
                         image = Image.fromarray(frame.to_ndarray(format="rgb24"))
                         self.check_frame_size(image, path)
@@ -82,11 +83,30 @@ class Mp4Video(JsonAnnotatedVideo):
                             return
                     decoded += 1
         except av.error.FFmpegError as error:
-            raise SourceError(path, f"cannot decode video ({error.strerror or error})") from None
+            where = f" at frame {decoded}" if decoded else ""
+            message = error.strerror or str(error)
+            raise SourceError(path, f"cannot decode video{where} ({message})") from None
         if target is not None:
             raise SourceError(
                 path, f"video ends after {decoded} frames; annotation needs frame {target}"
             )
+
+    def _open_stream(self, container: Any) -> Any:
+        """The video stream, checked against the annotation before any frame is decoded."""
+        path = self.ref.frames
+        if not container.streams.video:
+            raise SourceError(path, "no video stream")
+        stream = container.streams.video[0]
+        size = (stream.codec_context.width, stream.codec_context.height)
+        if all(size) and size != (self.width, self.height):
+            raise SourceError(
+                path, f"video is {size[0]}x{size[1]}, annotation says {self.width}x{self.height}"
+            )
+        # One thread: a build runs one decoder per worker process, one worker per core.
+        stream.thread_type = "NONE"
+        # Fail on damaged data instead of concealing it: a concealed frame is silently wrong.
+        stream.codec_context.options = {"err_detect": "explode"}
+        return stream
 
 
 def discover(src: Path, masklets: str) -> list[VideoRef]:

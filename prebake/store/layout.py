@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from prebake.errors import StoreError
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, ArraySpec, array_specs, schema_document
@@ -54,13 +53,19 @@ class StoreDir:
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such store")
         attrs = self.attrs()
+        if attrs is None and self.build_dir.is_dir():
+            raise StoreError(
+                f"{self.path}: store is incomplete (its build stopped while planning); "
+                "rerun the same prebake build to finish it"
+            )
         if attrs is None:
             raise StoreError(
                 f"{self.path}: not a prebake store (no prebake attributes in zarr.json)"
             )
         if attrs.get("state") != "complete":
             raise StoreError(
-                f"{self.path}: store is incomplete (state {attrs.get('state')!r}); rerun the same prebake build to finish it"
+                f"{self.path}: store is incomplete (state {attrs.get('state')!r}); "
+                "rerun the same prebake build to finish it"
             )
         return attrs
 
@@ -116,6 +121,8 @@ class StoreDir:
 
     def create(self, attrs: dict[str, Any], params: dict[str, Any]) -> None:
         """Create the group and the four data arrays (metadata only: no chunk is written)."""
+        import zarr  # here, not at the top: workers never need it and start faster without it
+
         root = zarr.open_group(self.path, mode="a", zarr_format=3)
         capacity = {"frame_rows": attrs["frame_rows"], "item_rows": attrs["item_rows"]}
         for name in DATA_ARRAYS:
@@ -137,10 +144,14 @@ class StoreDir:
         root.attrs.put({"prebake": attrs})
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
+        import zarr
+
         zarr.open_group(self.path, mode="r+", zarr_format=3).attrs.put({"prebake": attrs})
 
     def write_tables(self, tables: dict[str, np.ndarray]) -> None:
         """Write the row tables (small 1-D arrays) through zarr-python."""
+        import zarr
+
         root = zarr.open_group(self.path, mode="r+", zarr_format=3)
         chunk = schema_document()["table_rows_per_chunk"]
         for name, values in tables.items():
