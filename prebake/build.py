@@ -261,6 +261,7 @@ def build(options: BuildOptions) -> BuildReport:
         raise StoreError(
             f"{out}: folder is not empty and is not a prebake store; refusing to write into it"
         )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with StoreLock(store.lock_path, out) as lock:
         if lock.took_over:
@@ -276,6 +277,17 @@ def build(options: BuildOptions) -> BuildReport:
             raise BuildInterrupted(builder.interrupted_message()) from None
         finally:
             builder.close()
+            _tidy(store, created)
+
+
+def _tidy(store: StoreDir, created: bool) -> None:
+    """Leave no build folder where it holds nothing to resume: in a complete store (however
+    this run ended) or where nothing was committed yet (the run failed or stopped planning)."""
+    attrs = store.attrs()
+    if attrs is None or attrs.get("state") == "complete":
+        store.remove_build_dir()
+        if created and not any(store.path.iterdir()):
+            store.path.rmdir()
 
 
 def _say(options: BuildOptions, message: str) -> None:
@@ -375,8 +387,6 @@ class _Builder:
         if attrs is not None:
             _check_settings(store.path, attrs.get("settings") or {}, settings)
             if attrs["state"] == "complete":
-                if store.build_dir.is_dir():  # a crash between the last two steps of a commit
-                    store.remove_build_dir()
                 self._finished = True
                 return _report_from_attrs(store.path, attrs, already_complete=True)
         plan = store.read_plan() if attrs is not None else None

@@ -1,0 +1,404 @@
+"""Issue 5, resume and safety: real `prebake build` processes killed (SIGKILL), interrupted
+(SIGINT), run twice at once or with other settings; every resumed store must be bitwise
+identical to an uninterrupted build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import build_store
+
+from prebake.build import BuildOptions, build
+from prebake.demo import SampleObject, SampleVideo, write_sample
+from prebake.errors import StoreError
+from prebake.store.layout import BUILD_DIR, StoreDir
+from prebake.store.lock import StoreLock
+from prebake.store.schema import array_specs
+
+FRAMES_PER_SHARD = 2  # small shards: every video spans several, so kills land between them
+ITEMS_PER_SHARD = 4
+CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]
+
+
+def _videos() -> list[SampleVideo]:
+    disc = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.15)
+    box = SampleObject("manual", "box", (40, 200, 90), (0.6, 0.6), (-0.008, -0.006), 0.12)
+    auto = SampleObject("auto", "box", (30, 80, 220), (0.35, 0.45), (0.009, 0.003), 0.2)
+    # Unequal lengths, so shards end part-full and units take different times.
+    return [
+        SampleVideo(f"sav_7000{i:02d}", 240, 176, 26 + 3 * i, (disc, box, auto)) for i in range(6)
+    ]
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sample(tmp_path_factory.mktemp("reliability") / "src", "train", _videos())
+
+
+@pytest.fixture(scope="module")
+def reference(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store of an uninterrupted build, one worker."""
+    out = tmp_path_factory.mktemp("reference") / "store.zarr"
+    return build_store(src, out, frames_per_shard=FRAMES_PER_SHARD, items_per_shard=ITEMS_PER_SHARD)
+
+
+def cli_args(src: Path, out: Path, *extra: str, workers: int = 1) -> list[str]:
+    return [
+        *CLI,
+        "build",
+        "--src",
+        str(src),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--masklets",
+        "all",
+        "--frames-per-shard",
+        str(FRAMES_PER_SHARD),
+        "--items-per-shard",
+        str(ITEMS_PER_SHARD),
+        "-q",
+        *extra,
+    ]
+
+
+def start_build(src: Path, out: Path, *extra: str, workers: int = 1) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cli_args(src, out, *extra, workers=workers),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C would reach it
+    )
+
+
+def run_build(
+    src: Path, out: Path, *extra: str, workers: int = 1
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli_args(src, out, *extra, workers=workers), capture_output=True, text=True, timeout=120
+    )
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"build ended (exit {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill9(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the build and check that its workers die with it (no orphan keeps writing)."""
+    workers = children_of(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "worker processes outlived the killed build"
+        time.sleep(0.01)
+
+
+def records(out: Path) -> list[Path]:
+    units = out / BUILD_DIR / "units"
+    return sorted(units.glob("*.json")) if units.is_dir() else []
+
+
+def resume(src: Path, out: Path, workers: int = 1) -> None:
+    build_store(
+        src,
+        out,
+        workers=workers,
+        frames_per_shard=FRAMES_PER_SHARD,
+        items_per_shard=ITEMS_PER_SHARD,
+    )
+
+
+def root_attrs(store: Path) -> dict[str, object]:
+    attrs = json.loads((store / "zarr.json").read_text())["attributes"]["prebake"]
+    del attrs["build"]  # start/finish times and worker count: the only values allowed to differ
+    return dict(attrs)
+
+
+def assert_same_store(store: Path, reference: Path) -> None:
+    """Every file bitwise equal, the root's attributes equal apart from build timing."""
+    files = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
+    expected = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    assert files == expected
+    assert not (store / BUILD_DIR).exists()
+    assert StoreDir(store).require_complete()["state"] == "complete"
+    for relative in files:
+        if relative == Path("zarr.json"):
+            continue
+        assert (store / relative).read_bytes() == (reference / relative).read_bytes(), relative
+    root = json.loads((store / "zarr.json").read_text())
+    reference_root = json.loads((reference / "zarr.json").read_text())
+    assert root_attrs(store) == root_attrs(reference)
+    root["attributes"].pop("prebake")
+    reference_root["attributes"].pop("prebake")
+    assert root == reference_root
+
+
+def test_kill_during_planning_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store.zarr"
+    lock = out / BUILD_DIR / "lock"
+    # Two workers: planning starts the worker pool, which gives a window of a second or so.
+    process = start_build(src, out, workers=2)
+    wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, process, "the lock is taken")
+    kill9(process)
+    assert not (out / BUILD_DIR / "plan.json").exists(), "the kill was meant to land in planning"
+    with pytest.raises(StoreError, match="incomplete"):
+        StoreDir(out).require_complete()
+    resume(src, out)
+    assert_same_store(out, reference)
+
+
+def test_kill_after_some_units_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store.zarr"
+    process = start_build(src, out)
+    wait_for(lambda: len(records(out)) >= 2, process, "two units are committed")
+    kill9(process)
+    assert 2 <= len(records(out)) < 6
+    resume(src, out)
+    assert_same_store(out, reference)
+
+
+def test_kill_inside_a_unit_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
+    """Some shards of a unit are in place, its record is not: the unit is redone."""
+    out = tmp_path / "store.zarr"
+    plan_path = out / BUILD_DIR / "plan.json"
+    process = start_build(src, out)
+    wait_for(plan_path.is_file, process, "the plan is written")
+    plan = json.loads(plan_path.read_text())
+    # Units are baked longest first: the last in plan order is the first baked.
+    unit = max(plan["units"], key=lambda u: (len(u["frame_indices"]), -u["index"]))
+    second_shard = unit["frame_row"] // FRAMES_PER_SHARD + 1
+    shard = StoreDir(out).shard_path(array_specs()["g_pixel_values"], second_shard)
+    record = out / BUILD_DIR / "units" / f"{unit['index']:07d}.json"
+    wait_for(shard.is_file, process, "a unit's second shard is written")
+    kill9(process)
+    assert shard.is_file() and not record.exists(), "the kill was meant to land inside the unit"
+    resume(src, out)
+    assert_same_store(out, reference)
+
+
+def test_kill_with_two_workers_then_resume_with_two(
+    src: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "store.zarr"
+    process = start_build(src, out, workers=2)
+    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
+    kill9(process)
+    resume(src, out, workers=2)
+    assert_same_store(out, reference)
+
+
+def test_two_workers_give_the_same_store_as_one(src: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store.zarr"
+    result = run_build(src, out, workers=2)
+    assert result.returncode == 0, result.stderr
+    assert_same_store(out, reference)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(src: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "store.zarr"
+    process = start_build(src, out, workers=2)
+    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
+    os.killpg(process.pid, signal.SIGINT)  # the whole group, as a terminal's Ctrl-C
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "interrupted" in lines[0] and "run the same command again to resume" in lines[0]
+    assert "Traceback" not in stderr
+    assert (out / BUILD_DIR / "lock").read_text() == "", "the lock was not released"
+    # Another setting is refused on the incomplete store; the same command finishes it.
+    other = run_build(src, out, "--frames-per-shard", "3", workers=2)
+    assert other.returncode == 2
+    assert "frames_per_shard: store 2, this command 3" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    again = run_build(src, out, workers=2)
+    assert again.returncode == 0, again.stderr
+    assert_same_store(out, reference)
+
+
+def test_ctrl_c_while_planning(src: Path, tmp_path: Path) -> None:
+    """Workers being spawned get the Ctrl-C too, and must not print tracebacks."""
+    out = tmp_path / "store.zarr"
+    lock = out / BUILD_DIR / "lock"
+    process = start_build(src, out, workers=2)
+    wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, process, "the lock is taken")
+    time.sleep(0.2)  # the workers are being spawned and import their modules
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "interrupted" in stderr and "run the same command again" in stderr
+
+
+def test_second_build_on_the_same_store_fails_fast(
+    src: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "store.zarr"
+    lock = out / BUILD_DIR / "lock"
+    first = start_build(src, out)
+    wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, first, "the lock is taken")
+    started = time.monotonic()
+    second = run_build(src, out)
+    assert time.monotonic() - started < 20
+    assert first.poll() is None, "the first build should still be running"
+    assert second.returncode == 2
+    message = second.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "another build is writing this store" in message
+    assert f"pid {first.pid}" in message and f"host {socket.gethostname()}" in message
+    # The first build is killed: its lock is stale (it names a dead process) and is taken over.
+    kill9(first)
+    assert json.loads(lock.read_text())["pid"] == first.pid
+    with StoreLock(lock, out) as taken:
+        assert taken.took_over is not None and taken.took_over["pid"] == first.pid
+    resume(src, out)
+    assert_same_store(out, reference)
+
+
+def test_other_settings_are_refused_and_overwrite_starts_over(
+    sample_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    sample = sample_sources["train"]
+    out = build_store(sample, tmp_path / "store.zarr")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other_src = shutil.copytree(sample, tmp_path / "other_src")
+    refused = [
+        ({"masklets": "manual"}, "masklets: store 'all', this command 'manual'"),
+        ({"masklets": "auto"}, "masklets: store 'all', this command 'auto'"),
+        ({"frames_per_shard": 8}, "frames_per_shard: store 4, this command 8"),
+        ({"items_per_shard": 16}, "items_per_shard: store 8, this command 16"),
+        ({"src": other_src}, "source root"),
+        ({"limit": 2}, "source limit"),
+    ]
+    for change, message in refused:
+        options = {"src": sample, **change}
+        source = options.pop("src")
+        with pytest.raises(StoreError, match="built with other settings") as error:
+            build_store(source, out, **options)  # type: ignore[arg-type]
+        assert message in str(error.value) and "--overwrite" in str(error.value)
+    cli = subprocess.run(
+        [*CLI, "build", "--src", str(sample), "--out", str(out), "--masklets", "manual", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 2
+    assert cli.stderr.count("\n") == 1 and "built with other settings" in cli.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    build_store(sample, out, masklets="manual", overwrite=True)
+    attrs = StoreDir(out).require_complete()
+    assert attrs["settings"]["params"]["masklets"] == "manual"
+    assert_same_store(out, build_store(sample, tmp_path / "clean.zarr", masklets="manual"))
+
+
+def test_rerun_on_a_complete_store_changes_nothing(
+    sample_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    sample = sample_sources["train"]
+    out = build_store(sample, tmp_path / "store.zarr")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    report = build(
+        BuildOptions(
+            src=sample,
+            out=out,
+            masklets="all",
+            frames_per_shard=4,
+            items_per_shard=8,
+            progress=False,
+        )
+    )
+    assert report.already_complete
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # A crash between marking the store complete and removing the build folder leaves it
+    # behind: the next run removes it.
+    (out / BUILD_DIR / "units").mkdir(parents=True)
+    (out / BUILD_DIR / "units" / "0000000.json").write_text("{}")
+    assert build_store(sample, out) == out
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_refuses_a_folder_that_is_not_a_store(
+    sample_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "photos"
+    (out / "2024").mkdir(parents=True)
+    (out / "2024" / "beach.jpg").write_bytes(b"not really a jpeg")
+    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    before = sorted((p, p.read_bytes() if p.is_file() else b"") for p in out.rglob("*"))
+    result = subprocess.run(
+        [*CLI, "build", "--src", str(sample_sources["train"]), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "not a prebake store; refusing to write into it" in result.stderr
+    assert sorted((p, p.read_bytes() if p.is_file() else b"") for p in out.rglob("*")) == before
+    not_a_folder = tmp_path / "file.zarr"
+    not_a_folder.write_text("x")
+    with pytest.raises(StoreError, match="not a folder"):
+        build_store(sample_sources["train"], not_a_folder)
+    assert not_a_folder.read_text() == "x"
+
+
+@pytest.fixture(scope="module")
+def incomplete(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose build was killed mid-bake (do not modify it)."""
+    out = tmp_path_factory.mktemp("incomplete") / "store.zarr"
+    process = start_build(src, out)
+    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
+    kill9(process)
+    return out
+
+
+def test_incomplete_store_is_not_complete(incomplete: Path) -> None:
+    with pytest.raises(StoreError, match=r"incomplete.*rerun the same prebake build"):
+        StoreDir(incomplete).require_complete()
+
+
+def test_verify_refuses_an_incomplete_store(incomplete: Path) -> None:
+    pytest.importorskip("prebake.verify")
+    result = subprocess.run(
+        [*CLI, "verify", str(incomplete)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "incomplete" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reader_refuses_an_incomplete_store(incomplete: Path) -> None:
+    reader = pytest.importorskip("prebake.reader")
+    with pytest.raises(StoreError, match="incomplete"):
+        reader.PrebakedDataset(incomplete)
