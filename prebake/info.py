@@ -1,0 +1,171 @@
+"""`prebake info`: what a store holds, how it was built, and what it costs on disk.
+
+Reads only metadata and shard indexes (never a chunk), so it is instant on any store size; an
+incomplete store is described too (state "building"), since that is when people ask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prebake.errors import StoreError
+from prebake.store.layout import BUILD_DIR, StoreDir
+from prebake.store.schema import DATA_ARRAYS, array_specs
+from prebake.store.shard import NO_CHUNK, read_index
+
+
+def _folder_bytes(folder: Path) -> tuple[int, int]:
+    """(bytes, files) under `folder`."""
+    total = files = 0
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != BUILD_DIR]
+        for name in names:
+            total += os.path.getsize(os.path.join(parent, name))
+            files += 1
+    return total, files
+
+
+def _array_info(store: StoreDir, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    spec = array_specs()[name]
+    try:
+        metadata = json.loads((store.path / name / "zarr.json").read_text())
+    except (OSError, ValueError):
+        raise StoreError(f"{store.path}: {name}/zarr.json is missing or unreadable") from None
+    key = spec.rows_per_shard
+    assert key is not None
+    per = int(params[key])
+    disk, files = _folder_bytes(store.path / name)
+    rows = 0  # chunks written, counted from the shard indexes (no chunk is read)
+    folder = store.path / name / "c"
+    if folder.is_dir():
+        for entry in os.listdir(folder):
+            path = store.shard_path(spec, int(entry)) if entry.isdigit() else None
+            if path is not None and path.is_file():
+                with contextlib.suppress(ValueError):  # a damaged shard: `prebake verify` names it
+                    rows += int((read_index(path, per)[:, 0] != NO_CHUNK).sum())
+    raw = rows * spec.row_nbytes
+    codecs = metadata.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])
+    return {
+        "shape": metadata.get("shape"),
+        "dtype": metadata.get("data_type"),
+        "chunks": [1, *spec.row_shape],
+        "shards": [per, *spec.row_shape],
+        "codecs": [codec.get("name") for codec in codecs],
+        "rows_written": rows,
+        "shard_files": files - 1,  # less zarr.json
+        "bytes_on_disk": disk,
+        "bytes_raw": raw,
+        "compression_ratio": round(raw / disk, 2) if disk else None,
+    }
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Counts, failures, per-array layout and sizes, build parameters, versions and timing."""
+    store = StoreDir(path)
+    if not store.path.exists():
+        raise StoreError(f"{store.path}: no such store")
+    attrs = store.attrs()
+    if attrs is None:
+        raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
+    params = attrs.get("params", {})
+    arrays = {name: _array_info(store, name, params) for name in DATA_ARRAYS}
+    total, _ = _folder_bytes(store.path)
+    tables = total - sum(entry["bytes_on_disk"] for entry in arrays.values())
+    return {
+        "store": str(store.path),
+        "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
+        "state": attrs.get("state"),
+        "counts": attrs.get("counts", {}),
+        "failures": attrs.get("failures", []),
+        "capacity": {"frame_rows": attrs.get("frame_rows"), "item_rows": attrs.get("item_rows")},
+        "arrays": arrays,
+        "bytes_on_disk": total,
+        "bytes_tables_and_metadata": tables,
+        "params": params,
+        "versions": attrs.get("versions", {}),
+        "source": attrs.get("source", {}),
+        "build": attrs.get("build", {}),
+    }
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{int(count)} B" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The `store_info` dictionary as text for a terminal."""
+    counts = info["counts"]
+    lines = [f"{info['store']}  ({info['schema']}, {info['state']})"]
+    if counts:
+        lines.append(
+            f"  videos {counts.get('videos')} ({counts.get('videos_failed')} failed), "
+            f"frames {counts.get('frames')}, items {counts.get('items')}"
+        )
+    else:
+        lines.append("  counts: not yet known (the build has not finished)")
+    capacity = info["capacity"]
+    lines.append(
+        f"  rows: {capacity['frame_rows']} frame rows, {capacity['item_rows']} item rows (shard-aligned per video)"
+    )
+    lines.append("arrays:")
+    lines.append(
+        f"  {'name':15s} {'shape':22s} {'dtype':8s} {'chunk':16s} {'shard':18s} {'on disk':>10s} {'ratio':>6s}  codecs"
+    )
+    for name, entry in info["arrays"].items():
+        ratio = f"{entry['compression_ratio']:.2f}" if entry["compression_ratio"] else "-"
+        lines.append(
+            f"  {name:15s} {_shape(entry['shape']):22s} {entry['dtype']!s:8s} {_shape(entry['chunks']):16s} "
+            f"{_shape(entry['shards']):18s} {_size(entry['bytes_on_disk']):>10s} {ratio:>6s}  "
+            f"{'+'.join(entry['codecs'])} ({entry['shard_files']} files, {entry['rows_written']} rows)"
+        )
+    lines.append(
+        f"  tables and metadata {_size(info['bytes_tables_and_metadata'])}; store total {_size(info['bytes_on_disk'])}"
+    )
+    frames = counts.get("frames") if counts else None
+    if frames:
+        lines.append(f"  per frame: {_size(info['bytes_on_disk'] / frames)}")
+    params = info["params"]
+    lines.append("build parameters:")
+    lines.append(
+        f"  g {params.get('g_size')} {params.get('g_filter')}, pixel {params.get('pixel_size')} {params.get('pixel_filter')} "
+        f"mean {params.get('mean')} std {params.get('std')}, masks {params.get('mask_size')} {params.get('mask_filter')}, "
+        f"prompt {params.get('prompt_grid')}x{params.get('prompt_grid')} {params.get('prompt_sampling')}"
+    )
+    lines.append(
+        f"  masklets {params.get('masklets')}, layout {params.get('layout')}, frame stride {params.get('frame_stride')}, "
+        f"{params.get('frames_per_shard')} frames / {params.get('items_per_shard')} items per shard"
+    )
+    source = info["source"]
+    lines.append(
+        f"  source {source.get('root')} (videos filter {source.get('videos_filter')}, limit {source.get('limit')})"
+    )
+    versions = info["versions"]
+    lines.append("versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
+    build = info["build"]
+    if build.get("finished"):
+        lines.append(
+            f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {build.get('workers')} workers"
+        )
+    else:
+        lines.append(f"build: started {build.get('started')}, not finished")
+    failures = info["failures"]
+    if failures:
+        lines.append(f"failures ({len(failures)}):")
+        lines.extend(
+            f"  {failure.get('video_id')}: {failure.get('reason')}" for failure in failures[:20]
+        )
+        if len(failures) > 20:
+            lines.append(f"  ... and {len(failures) - 20} more (--json lists them all)")
+    return "\n".join(lines)
+
+
+def _shape(values: list[int] | None) -> str:
+    return "x".join(str(v) for v in values) if values else "?"
