@@ -92,7 +92,7 @@ def _rle_area(path: Path, where: str, rle: object, height: int, width: int) -> i
     """Validate one RLE against the video size and return its area, without decoding it."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise SourceError(path, f"{where}: not an RLE object with 'size' and 'counts'")
-    if list(rle["size"]) != [height, width]:
+    if not isinstance(rle["size"], list) or rle["size"] != [height, width]:
         raise SourceError(
             path, f"{where}: RLE size {rle['size']} is not the video's [{height}, {width}]"
         )

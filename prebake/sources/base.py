@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -13,6 +15,7 @@ from PIL import Image
 from prebake.errors import SourceError
 
 MASKLET_TYPES = ("manual", "auto")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,41 @@ class Video(ABC):
             )
 
 
-def open_jpeg(path: Path) -> Image.Image:
-    """A frame as Sa2VA opens images: `Image.open(path).convert('RGB')`."""
+def open_jpeg(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
+    """A frame as Sa2VA opens images: `Image.open(path).convert('RGB')`.
+
+    With `size` (width, height), a frame of another size is refused from its header, before its
+    pixels are decoded: a damaged or foreign file must not cost memory.
+    """
+    with open_image(path, "image", missing="missing frame") as image:
+        if size is not None and image.size != size:
+            raise SourceError(
+                path,
+                f"frame is {image.size[0]}x{image.size[1]}, annotation says {size[0]}x{size[1]}",
+            )
+        return decoded(path, "image", lambda: image.convert("RGB"))
+
+
+@contextmanager
+def open_image(path: Path, what: str, *, missing: str | None = None) -> Iterator[Image.Image]:
+    """`Image.open` (header only), with one-line SourceErrors for files that are not images."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        image = Image.open(path)
     except FileNotFoundError:
-        raise SourceError(path, "missing frame") from None
+        raise SourceError(path, missing or f"missing {what}") from None
+    except Image.UnidentifiedImageError:
+        raise SourceError(path, f"unreadable {what} (not an image Pillow can read)") from None
+    except Image.DecompressionBombError:
+        raise SourceError(path, f"unreadable {what} (its size is absurdly large)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise SourceError(path, f"unreadable image ({error})") from None
+        raise SourceError(path, f"unreadable {what} ({error})") from None
+    with image:
+        yield image
+
+
+def decoded(path: Path, what: str, decode: Callable[[], T]) -> T:
+    """Run `decode` (which reads the pixels of an opened image), with one-line SourceErrors."""
+    try:
+        return decode()
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged pixel data
+        raise SourceError(path, f"unreadable {what} ({error})") from None

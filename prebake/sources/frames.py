@@ -17,9 +17,7 @@ class JpegFolderVideo(JsonAnnotatedVideo):
         folder = Path(self.ref.frames)
         for t, index in enumerate(self.frame_indices):
             path = folder / f"{index:05d}.jpg"
-            image = open_jpeg(path)
-            self.check_frame_size(image, path)
-            yield t, image
+            yield t, open_jpeg(path, (self.width, self.height))
 
 
 def discover(src: Path, masklets: str) -> list[VideoRef]:

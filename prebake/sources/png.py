@@ -12,19 +12,20 @@ import numpy as np
 from PIL import Image
 
 from prebake.errors import SourceError
-from prebake.sources.base import Masklet, Video, VideoRef, open_jpeg
+from prebake.sources.base import Masklet, Video, VideoRef, decoded, open_image, open_jpeg
 
 
 def read_png_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            if image.size != size:
-                raise SourceError(
-                    path, f"mask is {image.size[0]}x{image.size[1]}, frames are {size[0]}x{size[1]}"
-                )
-            return (np.asarray(image) != 0).astype(np.uint8)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise SourceError(path, f"unreadable PNG ({error})") from None
+    """A mask PNG as 0/1 uint8, refused (from its header) when its size is not the frames'."""
+    with open_image(path, "PNG") as image:
+        if image.size != size:
+            raise SourceError(
+                path, f"mask is {image.size[0]}x{image.size[1]}, frames are {size[0]}x{size[1]}"
+            )
+        values = decoded(path, "PNG", lambda: np.asarray(image))
+    if values.ndim != 2:
+        raise SourceError(path, f"mask has {values.shape[2]} channels, expected one")
+    return (values != 0).astype(np.uint8)
 
 
 class PngMaskVideo(Video):
@@ -48,7 +49,7 @@ class PngMaskVideo(Video):
                 frames / f"{missing[0]:05d}.jpg",
                 f"missing frame ({len(missing)} annotated frames have no JPEG)",
             )
-        with Image.open(frames / f"{indices[0]:05d}.jpg") as first:
+        with open_image(frames / f"{indices[0]:05d}.jpg", "image") as first:
             width, height = first.size
         self._paths = [[obj / f"{i:05d}.png" for obj in objects] for i in indices]
         areas = np.zeros((len(indices), len(objects)), dtype=np.int64)
@@ -69,9 +70,7 @@ class PngMaskVideo(Video):
     def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
         for t, index in enumerate(self.frame_indices):
             path = Path(self.ref.frames) / f"{index:05d}.jpg"
-            image = open_jpeg(path)
-            self.check_frame_size(image, path)
-            yield t, image
+            yield t, open_jpeg(path, (self.width, self.height))
 
     def mask(self, t: int, k: int) -> np.ndarray:
         path = self._paths[t][k]
