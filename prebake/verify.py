@@ -717,6 +717,8 @@ def check_frame(pixel: np.ndarray, g: np.ndarray) -> list[tuple[str, str]]:
                 "(other mean/std, lost precision, or not divided by 255)",
             )
         )
+    if problems:  # levels recovered from a wrong pixel_values row would blame g_pixel_values
+        return problems
     downscaled = np.asarray(
         Image.fromarray(np.ascontiguousarray(g.transpose(1, 2, 0))).resize(
             (transforms.PIXEL_SIZE, transforms.PIXEL_SIZE), Image.Resampling.BICUBIC
@@ -829,6 +831,8 @@ def check_item(
                 f"{int(prompt.sum())} cells on, items/prompt_cells says {prompt_cells}",
             )
         )
+    if any(name == "masks" for name, _ in problems):
+        return problems  # a wrong masks row says nothing about prompt_masks
     rows, cols = _prompt_windows(height), _prompt_windows(width)
     wrong = 0
     for i, (r0, r1, r_exact) in enumerate(rows):
