@@ -100,6 +100,11 @@ class VerifyReport:
                 f"  schema     {self.schema.get('arrays', 0)} arrays and {self.schema.get('tables', 0)} tables "
                 f"against {self.schema.get('name')} v{self.schema.get('version')}; tables cross-checked"
             )
+            if self.schema.get("videos_failed"):  # recorded at build time, not a fault of the store
+                lines.append(
+                    f"  note       {self.schema['videos_failed']} videos failed at build time and are "
+                    "not in the store (prebake info lists them)"
+                )
         if self.integrity:
             lines.append(
                 f"  integrity  {self.integrity['shards']} shard files, {self.integrity['chunks']} chunks, "
@@ -261,7 +266,11 @@ def _check_attributes(attrs: dict[str, Any], report: VerifyReport) -> dict[str, 
             f"zarr.json: counts is {counts!r}, expected videos, videos_failed, frames and items"
         )
         return None
-    report.schema.update(name=attrs.get("schema"), version=attrs.get("schema_version"))
+    report.schema.update(
+        name=attrs.get("schema"),
+        version=attrs.get("schema_version"),
+        videos_failed=counts["videos_failed"],
+    )
     return params
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_store
 from typer.testing import CliRunner
 
 from prebake import transforms
@@ -27,7 +29,7 @@ from prebake.store.schema import array_specs, encode_chunk
 from prebake.store.shard import NO_CHUNK, ShardWriter, read_index
 from prebake.verify import check_frame, check_item, nearest_sources, verify_store
 
-PREBAKE = "/tmp/venv/bin/prebake"
+PREBAKE = str(Path(sys.executable).with_name("prebake"))  # the console script of this venv
 MEAN = np.asarray(transforms.IMAGENET_MEAN, dtype=np.float32)[:, None, None]
 STD = np.asarray(transforms.IMAGENET_STD, dtype=np.float32)[:, None, None]
 
@@ -524,3 +526,16 @@ def test_real_sample_store_verify_info_show(
     assert result.returncode == 0, result.stderr
     with Image.open(preview) as image:
         assert image.size == tile_size(1.0)
+
+
+def test_store_with_a_failed_video_verifies(
+    sample_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """A video that failed at build time is recorded, not a fault: verify passes and says so."""
+    src = Path(shutil.copytree(sample_sources["train"], tmp_path / "src"))
+    broken = src / "sav_900002.mp4"
+    broken.write_bytes(broken.read_bytes()[:3000])
+    store = build_store(src, tmp_path / "store.zarr")
+    code, output = run_verify(store, "--src", str(src), "--samples", "all")
+    assert code == 0, output
+    assert "1 videos failed at build time" in output
