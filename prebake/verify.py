@@ -6,8 +6,9 @@ Four groups of checks, each problem one line naming the array, row or file:
    row tables against each other;
 2. integrity: every shard file the tables refer to is read once, front to back, and every index
    and referenced inner chunk has its crc32c checked (google_crc32c directly, at disk speed);
-3. semantics, without the source: value checks that need only the store (see `_FrameCheck`
-   and `_ItemCheck` for the relations and the measurements behind their tolerances);
+3. semantics, without the source: value checks that need only the store (see `check_frame`
+   and `check_item`, and the constants below, for the relations and the measurements behind
+   their tolerances);
 4. against the source (`src`): sampled items re-derived with the reference transforms and
    compared bit for bit.
 
@@ -804,7 +805,12 @@ def _prompt_windows(size: int) -> tuple[tuple[int, int, bool], ...]:
 def check_item(
     mask: np.ndarray, prompt: np.ndarray, area: int, prompt_cells: int, height: int, width: int
 ) -> list[tuple[str, str]]:
-    """(array, what is wrong) for one item's masks and prompt_masks rows; see the module doc."""
+    """(array, what is wrong) for one item's masks and prompt_masks rows.
+
+    masks must hold only 0 and 1; its area must match the recorded source area scaled to
+    1024 x 1024 (tolerance below); prompt_masks must match masks where both sample the same
+    source pixel (see `_prompt_windows`) and count the cells items/prompt_cells records.
+    """
     problems = []
     largest = int(mask.max())
     if largest > 1:
