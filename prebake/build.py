@@ -41,6 +41,7 @@ DEFAULT_FRAMES_PER_SHARD = 64
 DEFAULT_ITEMS_PER_SHARD = 1024
 MAX_REASON_CHARS = 300  # a failure reason is one line of a report, not a dump
 PLAN_BATCH = 16  # videos per planning task: parsing one JSON is quick, a task round trip is not
+PLAN_INLINE = 64  # up to this many videos are planned here, while the workers start
 
 
 class BuildInterrupted(PrebakeError):
@@ -134,6 +135,10 @@ def tune_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
+
+
+def _ready() -> None:
+    """A task that only makes the pool spawn a worker."""
 
 
 def plan_units(refs: list[tuple[int, VideoRef]]) -> list[UnitPlan]:
@@ -312,6 +317,7 @@ class _WorkerPool:
     costs about a second of imports)."""
 
     def __init__(self, workers: int) -> None:
+        self.workers = workers
         context = multiprocessing.get_context("spawn")
         self.progress_queue = context.Queue()
         self.executor = ProcessPoolExecutor(
@@ -324,6 +330,11 @@ class _WorkerPool:
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         with _sigint_blocked():  # submit() spawns the workers
             return self.executor.submit(function, *args)
+
+    def warm_up(self) -> None:
+        """Spawn every worker now (submit() spawns one per task while none is idle)."""
+        for _ in range(self.workers):
+            self.submit(_ready)
 
     def drain(self, bar: Any) -> None:
         while True:
@@ -437,7 +448,9 @@ class _Builder:
         with tqdm(
             total=len(refs), desc="planning", unit="video", disable=not options.progress
         ) as bar:
-            if options.workers <= 1:
+            if options.workers > 1:
+                self.pool().warm_up()  # workers start (a second of imports) while we plan
+            if options.workers <= 1 or len(refs) <= PLAN_INLINE:
                 for index, ref in refs:
                     units.append(plan_unit(index, ref))
                     bar.update(1)

@@ -4,6 +4,7 @@ identical to an uninterrupted build."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -166,14 +167,29 @@ def assert_same_store(store: Path, reference: Path) -> None:
     assert root == reference_root
 
 
+@contextlib.contextmanager
+def planning_blocked(src: Path) -> Iterator[None]:
+    """Replace the last video's manual JSON by a FIFO: planning blocks when it opens it, as on
+    a stalled network file system, so a signal is sure to land while the build plans."""
+    annotation = sorted(src.glob("*_manual.json"))[-1]
+    saved = annotation.read_bytes()
+    annotation.unlink()
+    os.mkfifo(annotation)
+    try:
+        yield
+    finally:
+        annotation.unlink()
+        annotation.write_bytes(saved)
+
+
 def test_kill_during_planning_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "store.zarr"
     lock = out / BUILD_DIR / "lock"
-    # Two workers: planning starts the worker pool, which gives a window of a second or so.
-    process = start_build(src, out, workers=2)
-    wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, process, "the lock is taken")
-    kill9(process)
-    assert not (out / BUILD_DIR / "plan.json").exists(), "the kill was meant to land in planning"
+    with planning_blocked(src):
+        process = start_build(src, out, workers=2)
+        wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers start")
+        kill9(process)
+    assert lock.is_file() and not (out / BUILD_DIR / "plan.json").exists()
     with pytest.raises(StoreError, match="incomplete"):
         StoreDir(out).require_complete()
     resume(src, out)
@@ -249,18 +265,21 @@ def test_ctrl_c_stops_cleanly_and_resumes(src: Path, reference: Path, tmp_path: 
     assert_same_store(out, reference)
 
 
-def test_ctrl_c_while_planning(src: Path, tmp_path: Path) -> None:
+def test_ctrl_c_while_planning(src: Path, reference: Path, tmp_path: Path) -> None:
     """Workers being spawned get the Ctrl-C too, and must not print tracebacks."""
     out = tmp_path / "store.zarr"
-    lock = out / BUILD_DIR / "lock"
-    process = start_build(src, out, workers=2)
-    wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, process, "the lock is taken")
-    time.sleep(0.2)  # the workers are being spawned and import their modules
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
+    with planning_blocked(src):
+        process = start_build(src, out, workers=2)
+        wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers start")
+        time.sleep(0.1)  # the workers are starting: importing their modules
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
-    assert "interrupted" in stderr and "run the same command again" in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted while planning" in lines[0], stderr
+    assert "run the same command again" in lines[0]
+    assert not out.exists(), "nothing was committed: the build leaves nothing behind"
 
 
 def test_second_build_on_the_same_store_fails_fast(
