@@ -24,7 +24,7 @@ import mmap
 import os
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -515,6 +515,9 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
 
     def __len__(self) -> int:
         return self._length
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[index] for index in range(self._length))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         position = int(index)
