@@ -410,12 +410,12 @@ def test_open_shards_are_bounded(train_store: Path) -> None:
 # -- DataLoader, workers, samplers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize(("context", "fast"), [("fork", True), ("spawn", True), ("fork", False)])
 def test_dataloader_epoch_with_two_workers(
-    train_store: Path, view: StoreView, context: str
+    train_store: Path, view: StoreView, context: str, fast: bool
 ) -> None:
-    dataset = PrebakedDataset(train_store)
-    dataset[0]  # the parent opened its files before forking: workers must open their own
+    dataset = PrebakedDataset(train_store, fast=fast)
+    dataset[0]  # the parent opened its files (and zarr) before forking: workers open their own
     loader = DataLoader(
         dataset,
         batch_size=4,

@@ -1,0 +1,363 @@
+"""Reader benchmark: `PrebakedDataset` against the memmap floor, zarr-python and on-the-fly.
+
+Every rate is measured in this one run on the same random item order, warm page cache, one
+process, and the fast measurements alternate over several rounds (median kept), so the ratios
+compare like with like on a machine whose load changes.
+
+- floor: what an ideal reader of this store cannot avoid: with every shard opened as an
+  `np.memmap` and every offset looked up beforehand, copy the image and prompt bytes into fresh
+  torch tensors, zstd-decode the mask and cast it to a float32 tensor with numpy;
+- zarr-python: `arr[row]` for each of the four arrays, turned into the same tensors;
+- on the fly (with `src`): what the seed's dataset did per item: decode the video up to the
+  frame (PyAV), both Pillow resizes and the normalization, the RLE decode and both mask
+  transforms (videos' JSON parsed once, outside the timing);
+- worker RSS: one persistent DataLoader worker reads three epochs; VmRSS is read from
+  /proc/self/status inside the worker at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import torch
+import zarr
+
+from prebake.reader import LOOP1_FIELDS, PrebakedDataset
+from prebake.store.schema import DATA_ARRAYS, array_specs
+from prebake.store.shard import CHECKSUM_BYTES, read_index, shard_key
+
+ROUNDS = 3  # alternating rounds of the fast measurements; the median is kept
+ZARR_ITEMS = 40  # zarr-python is slow: fewer items keep the run short (rates are per item)
+ON_THE_FLY_ITEMS = 12
+RSS_EPOCHS = 3
+RSS_EPOCH_ITEMS = 400  # at least: the allocator's free lists settle within the first epoch
+RSS_MAX_OPEN_SHARDS = 4  # fewer than the demo store's shards, so the LRU unmaps as it reads
+ALLOCATOR_ITEMS = 300
+TARGETS = (
+    ("all fields / memmap floor", "all_vs_floor", 0.8),
+    ("all fields / zarr-python", "all_vs_zarr", 5.0),
+    ("all fields / on the fly", "all_vs_on_the_fly", 30.0),
+    ("Loop-1 fields / all fields", "loop1_vs_all", 2.0),
+)
+
+
+def bench_reader(store: Path, *, src: Path | None, items: int) -> dict[str, Any]:
+    """Items/s of the reader and its references, their ratios and the worker RSS check."""
+    dataset = PrebakedDataset(store)
+    loop1 = PrebakedDataset(store, fields=LOOP1_FIELDS)
+    order = [int(i) for i in np.random.default_rng(0).integers(0, len(dataset), size=items)]
+    floor = _MemmapFloor(store, dataset, order)
+    zarr_reader = _ZarrReader(store, dataset)
+
+    def read_all() -> None:
+        for index in order:
+            dataset[index]
+
+    def read_loop1() -> None:
+        for index in order:
+            loop1[index]
+
+    # Warm up: page cache, memory maps, shard indexes, allocator, for every path.
+    for index in range(len(dataset)):
+        dataset[index]
+        loop1[index]
+    floor.run()
+    rates: dict[str, list[float]] = {"all_fields": [], "loop1_fields": [], "memmap_floor": []}
+    for _ in range(ROUNDS):
+        for key, run in (
+            ("all_fields", read_all),
+            ("memmap_floor", floor.run),
+            ("loop1_fields", read_loop1),
+        ):
+            rates[key].append(_rate(run, len(order)))
+    results: dict[str, Any] = {
+        "store": str(store),
+        "store_items": len(dataset),
+        "reads": len(order),
+        "read_paths": dataset.read_paths,
+        "items_per_s": {key: statistics.median(values) for key, values in rates.items()},
+    }
+    zarr_order = order[:ZARR_ITEMS]
+    zarr_reader.read(zarr_order[:2])  # opens the arrays
+    results["items_per_s"]["zarr_python"] = _rate(
+        lambda: zarr_reader.read(zarr_order), len(zarr_order)
+    )
+    if src is not None:
+        fly_order = order[:ON_THE_FLY_ITEMS]
+        on_the_fly = _OnTheFly(src, dataset, fly_order)
+        results["items_per_s"]["on_the_fly"] = _rate(on_the_fly.run, len(fly_order))
+    speed = results["items_per_s"]
+    ratios = {
+        "all_vs_floor": speed["all_fields"] / speed["memmap_floor"],
+        "all_vs_zarr": speed["all_fields"] / speed["zarr_python"],
+        "loop1_vs_all": speed["loop1_fields"] / speed["all_fields"],
+    }
+    if "on_the_fly" in speed:
+        ratios["all_vs_on_the_fly"] = speed["all_fields"] / speed["on_the_fly"]
+    results["ratios"] = ratios
+    results["worker_rss"] = _worker_rss(store, epoch_items=max(len(dataset), RSS_EPOCH_ITEMS))
+    results["allocator"] = _allocator_effect(store)
+    return results
+
+
+def format_reader(results: dict[str, Any]) -> list[str]:
+    speed, ratios = results["items_per_s"], results["ratios"]
+    paths = ", ".join(f"{name} {path}" for name, path in results["read_paths"].items())
+    lines = [
+        f"reader: {results['store']} ({results['store_items']} items; "
+        f"{results['reads']} random reads per measurement, warm cache, one process)",
+        f"  read paths: {paths}",
+        f"  {'PrebakedDataset, all four fields':38s} {speed['all_fields']:9.1f} items/s",
+        f"  {'PrebakedDataset, Loop-1 fields':38s} {speed['loop1_fields']:9.1f} items/s",
+        f"  {'memmap floor, all four fields':38s} {speed['memmap_floor']:9.1f} items/s",
+        f"  {'zarr-python arr[i], all four fields':38s} {speed['zarr_python']:9.1f} items/s",
+    ]
+    if "on_the_fly" in speed:
+        lines.append(
+            f"  {'on the fly (decode, resize, RLE)':38s} {speed['on_the_fly']:9.1f} items/s"
+        )
+    rss = results["worker_rss"]
+    lines.append(
+        "  DataLoader worker VmRSS after epochs "
+        + ", ".join(f"{i + 1}: {mb:.1f} MB" for i, mb in enumerate(rss["vm_rss_mb"]))
+        + " (anonymous: "
+        + ", ".join(f"{mb:.1f}" for mb in rss["rss_anon_mb"])
+        + f" MB; {rss['items_per_epoch']} items per epoch, spawn, "
+        + f"max_open_shards={rss['max_open_shards']})"
+    )
+    lines.append("  allocator, fresh process, random items held 8 at a time:")
+    for label, values in results["allocator"].items():
+        lines.append(
+            f"    {label:44s} {values['items_per_s']:7.1f} items/s, "
+            f"{values['faults_per_item']:6.0f} page faults per item"
+        )
+    lines.append("targets:")
+    for label, key, target in TARGETS:
+        if key not in ratios:
+            lines.append(f"  skip  {label:28s} (needs --src)")
+            continue
+        verdict = "PASS" if ratios[key] >= target else "FAIL"
+        lines.append(f"  {verdict}  {label:28s} {ratios[key]:8.2f} x   (target >= {target:g} x)")
+    first, last = rss["vm_rss_mb"][0], rss["vm_rss_mb"][-1]
+    verdict = "PASS" if last <= first else "FAIL"
+    lines.append(
+        f"  {verdict}  {'worker RSS epoch 3 <= epoch 1':28s} {last:8.1f} MB vs {first:.1f} MB"
+    )
+    return lines
+
+
+def _rate(run: Callable[[], None], count: int) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+class _MemmapFloor:
+    """Copy each item's bytes out of `np.memmap`s with every lookup done beforehand."""
+
+    def __init__(self, store: Path, dataset: PrebakedDataset, order: list[int]) -> None:
+        tables = dataset._ensure_tables()
+        specs = array_specs()
+        maps: dict[Path, np.memmap] = {}
+        indexes: dict[Path, np.ndarray] = {}
+
+        def locate(name: str, row: int) -> np.ndarray:
+            spec, rows_per_shard = specs[name], dataset.layouts[name].rows_per_shard
+            shard, local = divmod(row, rows_per_shard)
+            path = store / shard_key(name, 1 + len(spec.row_shape), shard)
+            if path not in maps:
+                maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
+                indexes[path] = read_index(path, rows_per_shard)
+            offset, nbytes = (int(value) for value in indexes[path][local])
+            return maps[path][
+                offset : offset + nbytes - CHECKSUM_BYTES
+            ]  # a view: no bytes read yet
+
+        self.plan = []
+        for index in order:
+            item = int(tables.selected[index])
+            rows = {
+                "frame_rows": int(tables.frame_row[item]),
+                "item_rows": int(tables.mask_row[item]),
+            }
+            self.plan.append([locate(name, rows[specs[name].rows]) for name in DATA_ARRAYS])
+        self.zstd = numcodecs.Zstd()
+        self.scratch = np.empty(specs["masks"].row_shape, dtype=np.uint8)
+
+    def run(self) -> None:
+        for pixel_bytes, g_bytes, prompt_bytes, mask_frame in self.plan:
+            pixel_values = torch.empty((3, 448, 448), dtype=torch.float32)
+            pixel_values.numpy().reshape(-1).view(np.uint8)[:] = pixel_bytes
+            g_pixel_values = torch.empty((3, 1024, 1024), dtype=torch.uint8)
+            g_pixel_values.numpy().reshape(-1)[:] = g_bytes
+            prompt_masks = torch.empty((16, 16), dtype=torch.bool)
+            prompt_masks.numpy().reshape(-1).view(np.uint8)[:] = prompt_bytes
+            masks = torch.empty((1024, 1024), dtype=torch.float32)
+            self.zstd.decode(mask_frame, out=self.scratch)
+            np.copyto(masks.numpy(), self.scratch, casting="unsafe")
+
+
+class _ZarrReader:
+    """The same items through zarr-python's `arr[row]`, turned into the same tensors."""
+
+    def __init__(self, store: Path, dataset: PrebakedDataset) -> None:
+        root = zarr.open_group(store, mode="r", zarr_format=3)
+        self.arrays = {name: root[name] for name in DATA_ARRAYS}
+        self.tables = dataset._ensure_tables()
+
+    def read(self, order: list[int]) -> None:
+        tables = self.tables
+        for index in order:
+            item = int(tables.selected[index])
+            rows = {
+                "frame_rows": int(tables.frame_row[item]),
+                "item_rows": int(tables.mask_row[item]),
+            }
+            sample = {}
+            for name, array in self.arrays.items():
+                values = np.asarray(array[rows[array_specs()[name].rows]])  # type: ignore[index]
+                if name == "masks":
+                    values = values.astype(np.float32)
+                sample[name] = torch.from_numpy(values)
+
+
+class _OnTheFly:
+    """The seed's per-item pipeline, from the source videos and their JSON."""
+
+    def __init__(self, src: Path, dataset: PrebakedDataset, order: list[int]) -> None:
+        from prebake.sources import discover, open_video
+
+        refs = {ref.video_id: ref for ref in discover(src, masklets="all")}
+        tables = dataset._ensure_tables()
+        self.videos: dict[str, Any] = {}
+        self.plan = []
+        for index in order:
+            item = int(tables.selected[index])
+            video_id = tables.video_ids[int(tables.video[item])]
+            if video_id not in self.videos:
+                self.videos[video_id] = open_video(refs[video_id])
+            video = self.videos[video_id]
+            kind = dataset.type_names[int(tables.masklet_type[item])]
+            k = [(m.type, m.id) for m in video.masklets].index((kind, int(tables.masklet_id[item])))
+            self.plan.append((video, int(tables.t[item]), k))
+
+    def run(self) -> None:
+        from prebake import transforms
+
+        for video, t, k in self.plan:
+            frame = next(image for frame_t, image in video.iter_frames() if frame_t == t)
+            pixel_values = torch.from_numpy(transforms.pixel_values(frame))
+            g_pixel_values = torch.from_numpy(transforms.g_pixel_values(frame))
+            mask = video.mask(t, k)
+            prompt_masks = torch.from_numpy(transforms.prompt_masks(mask))
+            masks = torch.from_numpy(transforms.masks(mask).astype(np.float32))
+            del pixel_values, g_pixel_values, prompt_masks, masks
+
+
+class _RssProbe(torch.utils.data.Dataset[dict[str, Any]]):
+    """Wraps the reader; each item also carries the worker's VmRSS and RssAnon (kB)."""
+
+    def __init__(self, dataset: PrebakedDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        status = Path("/proc/self/status").read_text().split("\n")
+        values = {
+            line.split(":")[0]: int(line.split()[1])
+            for line in status
+            if line.startswith(("VmRSS", "RssAnon"))
+        }
+        return {"vm_rss": values.get("VmRSS", 0), "rss_anon": values.get("RssAnon", 0), **sample}
+
+
+def _worker_rss(store: Path, epoch_items: int) -> dict[str, Any]:
+    from torch.utils.data import DataLoader, RandomSampler
+
+    probe = _RssProbe(PrebakedDataset(store, max_open_shards=RSS_MAX_OPEN_SHARDS))
+    sampler = RandomSampler(
+        probe, num_samples=epoch_items, generator=torch.Generator().manual_seed(0)
+    )
+    loader = DataLoader(
+        probe,
+        batch_size=8,
+        sampler=sampler,
+        num_workers=1,
+        persistent_workers=True,
+        # spawn: a fresh worker, so its RSS is the reader's, not the bench process's history
+        multiprocessing_context=multiprocessing.get_context("spawn"),
+    )
+    vm_rss, rss_anon = [], []
+    for _ in range(RSS_EPOCHS):
+        last = None
+        for batch in loader:
+            last = batch
+        assert last is not None
+        vm_rss.append(int(last["vm_rss"][-1]) / 1024)
+        rss_anon.append(int(last["rss_anon"][-1]) / 1024)
+    del loader
+    return {
+        "vm_rss_mb": vm_rss,
+        "rss_anon_mb": rss_anon,
+        "items_per_epoch": epoch_items,
+        "max_open_shards": RSS_MAX_OPEN_SHARDS,
+    }
+
+
+ALLOCATOR_VARIANTS = {
+    "glibc defaults": (False, False),
+    "mallopt thresholds (the reader's default)": (True, False),
+    "mallopt + THP_MEM_ALLOC_ENABLE=1": (True, True),
+}
+
+
+def _allocator_effect(store: Path) -> dict[str, dict[str, float]]:
+    """Items/s and page faults per item in fresh processes, with and without allocator tuning.
+
+    Each variant runs in its own spawned process (allocator settings are per process and
+    cannot be undone), reading random items eight at a time as a DataLoader worker does.
+    """
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for label, (tune, huge_pages) in ALLOCATOR_VARIANTS.items():
+        previous = os.environ.get("THP_MEM_ALLOC_ENABLE")
+        if huge_pages:
+            os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # read by torch at import, in the child
+        try:
+            with context.Pool(1) as pool:
+                results[label] = pool.apply(_allocator_run, (str(store), tune))
+        finally:
+            if previous is None:
+                os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+            else:
+                os.environ["THP_MEM_ALLOC_ENABLE"] = previous
+    return results
+
+
+def _allocator_run(store: str, tune: bool) -> dict[str, float]:
+    dataset = PrebakedDataset(store, tune_allocator=tune)
+    order = np.random.default_rng(1).integers(0, len(dataset), size=ALLOCATOR_ITEMS)
+    for index in range(len(dataset)):  # warm: page cache, maps, indexes
+        dataset[index]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    started = time.perf_counter()
+    held = []
+    for index in order:
+        held.append(dataset[int(index)])
+        if len(held) == 8:  # a batch's items live together until collated
+            held = []
+    seconds = time.perf_counter() - started
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"items_per_s": len(order) / seconds, "faults_per_item": faults / len(order)}
