@@ -60,10 +60,10 @@ INDEX_CACHE_SHARDS = 1024  # cached shard indexes per array (at most 16 KB each 
 
 # Served dtypes: masks are stored as uint8 0/1 but the mask loss wants floats.
 OUTPUT_DTYPES = {
-    "pixel_values": (torch.float32, np.float32),
-    "g_pixel_values": (torch.uint8, np.uint8),
-    "prompt_masks": (torch.bool, np.bool_),
-    "masks": (torch.float32, np.float32),
+    "pixel_values": torch.float32,
+    "g_pixel_values": torch.uint8,
+    "prompt_masks": torch.bool,
+    "masks": torch.float32,
 }
 
 # Bit layout of an item key (video, annotated frame t, masklet type, masklet id), sorted like
@@ -611,6 +611,5 @@ def _check_fields(fields: Sequence[str] | None) -> tuple[str, ...]:
 
 def _empty(name: str, lead: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
     """A fresh torch-owned output tensor and a writable numpy view of it (no copy, no warning)."""
-    torch_dtype, _ = OUTPUT_DTYPES[name]
-    tensor = torch.empty((*lead, *array_specs()[name].row_shape), dtype=torch_dtype)
+    tensor = torch.empty((*lead, *array_specs()[name].row_shape), dtype=OUTPUT_DTYPES[name])
     return tensor, tensor.numpy()
