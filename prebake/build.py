@@ -34,7 +34,7 @@ from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.lock import StoreLock
 from prebake.store.plan import UnitPlan, assign_rows
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, SCHEMA_VERSION, array_specs
-from prebake.store.writer import RowStream, remove_shards
+from prebake.store.writer import RowStream, StoreWriteError, remove_shards
 from prebake.versions import library_versions
 
 DEFAULT_FRAMES_PER_SHARD = 64
@@ -120,21 +120,7 @@ def _init_worker(progress_queue: Any, parent_pid: int) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before prctl: nobody will commit our work
         os._exit(1)
-    tune_memory()
     _progress = progress_queue.put
-
-
-def tune_memory() -> None:
-    """Keep freed frame-sized buffers in the heap for the next frame.
-
-    Every frame allocates a dozen arrays of 1-3 MB; glibc would hand each one fresh mmap'd pages
-    and return them on free, paying page faults for every frame (REFERENCE.md section 6).
-    Only allocation speed changes; the heap stays bounded by one frame's working set.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
 
 
 def _ready() -> None:
@@ -181,6 +167,8 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
     except Exception as error:  # any failure of one video is recorded, never fatal to the build
         for stream in streams.values():
             stream.abort()
+        if isinstance(error, StoreWriteError):  # the store's fault, not the video's: stop
+            raise
         counts = {"frame_rows": len(unit.frame_indices), "item_rows": len(unit.items)}
         for name in DATA_ARRAYS:
             spec = specs[name]
@@ -250,9 +238,19 @@ def build(options: BuildOptions) -> BuildReport:
     """Build (or resume) the store `options.out` from `options.src`.
 
     Raises StoreError (one line) when the store cannot be built (locked, built with other
-    settings, not a prebake folder) and BuildInterrupted on Ctrl-C; a video that fails is not an
-    error: it is listed in the report's failures and in the store.
+    settings, not a prebake folder, disk full) and BuildInterrupted on Ctrl-C; a video that
+    fails is not an error: it is listed in the report's failures and in the store.
     """
+    try:
+        return _build(options)
+    except OSError as error:  # the store's disk or the source folder, not one video
+        raise StoreError(
+            f"{error.filename or options.out}: {error.strerror or error}; "
+            "fix it and run the same command again"
+        ) from None
+
+
+def _build(options: BuildOptions) -> BuildReport:
     out = options.out
     store = StoreDir(out)
     if out.exists() and not out.is_dir():
@@ -509,7 +507,6 @@ class _Builder:
             if options.workers <= 1 or not todo:
                 global _progress
                 _progress = bar.update
-                tune_memory()
                 for unit in todo:
                     commit_record(bake_unit(str(store.path), unit.to_json(), params))
                 return

@@ -421,3 +421,38 @@ def test_reader_refuses_an_incomplete_store(incomplete: Path) -> None:
     reader = pytest.importorskip("prebake.reader")
     with pytest.raises(StoreError, match="incomplete"):
         reader.PrebakedDataset(incomplete)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 40 MB tmpfs (needs root and mount rights; skipped elsewhere), grown by remounting."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_stops_the_build_and_resumes(
+    src: Path, reference: Path, small_disk: Path
+) -> None:
+    """A full disk is the store's fault, not the videos': the build stops (exit 2, one line),
+    records no video as failed, and resumes once there is room."""
+    out = small_disk / "store.zarr"
+    result = run_build(src, out, workers=2)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "No space left on device" in result.stderr
+    failed = [r for r in records(out) if json.loads(r.read_text())["status"] != "ok"]
+    assert failed == []
+    subprocess.run(["mount", "-o", "remount,size=600m", str(small_disk)], check=True)
+    again = run_build(src, out, workers=2)
+    assert again.returncode == 0, again.stderr
+    assert_same_store(out, reference)

@@ -1,15 +1,39 @@
-"""Writing one unit's rows: each array's rows stream into the shards the unit owns."""
+"""Writing one unit's rows: each array's rows stream into the shards the unit owns.
+
+A full shard is finished (index written, fsync'd, renamed into place) on a background thread,
+so the baking thread does not wait for the disk; `RowStream.close` waits for every shard of
+the stream, so a unit's record is still written only once all its shards are in place.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from prebake.errors import StoreError
 from prebake.store.layout import StoreDir
 from prebake.store.schema import ArraySpec, encode_chunk
 from prebake.store.shard import ShardWriter
+
+MAX_FINISHING = 2  # shards of one stream waiting for the disk before the stream waits too
+
+_finisher: ThreadPoolExecutor | None = None
+
+
+def _finisher_thread() -> ThreadPoolExecutor:
+    global _finisher
+    if _finisher is None:  # one per process: workers are separate processes
+        _finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prebake-shards")
+    return _finisher
+
+
+class StoreWriteError(StoreError):
+    """Writing to the store failed (disk full, permissions): fatal to the build, not a video's
+    failure, so that no video is recorded as failed for it and a rerun redoes them."""
 
 
 def owned_shards(first_row: int, rows: int, rows_per_shard: int) -> range:
@@ -31,31 +55,59 @@ class RowStream:
         self.next_shard = first_row // rows_per_shard
         self.bytes_written = 0
         self._writer: ShardWriter | None = None
+        self._finishing: list[Future[int]] = []
 
     def append(self, row: np.ndarray) -> None:
-        if self._writer is None:
-            final = self.store.shard_path(self.spec, self.next_shard)
-            temporary = self.store.tmp_dir / f"{self.spec.name}.{self.next_shard}.{os.getpid()}"
-            self._writer = ShardWriter(final, temporary, self.rows_per_shard)
-            self.next_shard += 1
-        self._writer.append(encode_chunk(self.spec, row))
+        chunk = encode_chunk(self.spec, row)
+        try:
+            if self._writer is None:
+                final = self.store.shard_path(self.spec, self.next_shard)
+                temporary = self.store.tmp_dir / f"{self.spec.name}.{self.next_shard}.{os.getpid()}"
+                self._writer = ShardWriter(final, temporary, self.rows_per_shard)
+                self.next_shard += 1
+            self._writer.append(chunk)
+        except OSError as error:
+            raise _write_error(self.store, error) from None
         if self._writer.count == self.rows_per_shard:
             self._finish_shard()
 
     def _finish_shard(self) -> None:
         assert self._writer is not None
-        self.bytes_written += self._writer.close()
-        self._writer = None
+        writer, self._writer = self._writer, None
+        self._finishing.append(_finisher_thread().submit(writer.close))
+        while len(self._finishing) > MAX_FINISHING:  # the disk is slower than the baking
+            self._collect(self._finishing.pop(0))
+
+    def _collect(self, future: Future[int]) -> None:
+        try:
+            self.bytes_written += future.result()
+        except OSError as error:
+            raise _write_error(self.store, error) from None
 
     def close(self) -> int:
+        """Finish the last shard; return once every shard of the stream is in place."""
         if self._writer is not None:
             self._finish_shard()
+        while self._finishing:
+            self._collect(self._finishing.pop(0))
         return self.bytes_written
 
     def abort(self) -> None:
+        """Drop the shard being written; wait for those being finished (removed by the caller)."""
+        for future in self._finishing:
+            with contextlib.suppress(Exception):
+                future.result()
+        self._finishing = []
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+
+
+def _write_error(store: StoreDir, error: OSError) -> StoreWriteError:
+    return StoreWriteError(
+        f"{store.path}: cannot write the store ({error.strerror or error}); "
+        "fix it and run the same command again to resume"
+    )
 
 
 def remove_shards(
