@@ -243,9 +243,12 @@ def test_two_workers_give_the_same_store_as_one(src: Path, reference: Path, tmp_
     assert_same_store(out, reference)
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(src: Path, reference: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_cleanly_and_resumes(
+    src: Path, reference: Path, tmp_path: Path, workers: int
+) -> None:
     out = tmp_path / "store.zarr"
-    process = start_build(src, out, workers=2)
+    process = start_build(src, out, workers=workers)
     wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
     os.killpg(process.pid, signal.SIGINT)  # the whole group, as a terminal's Ctrl-C
     _, stderr = process.communicate(timeout=30)
@@ -256,11 +259,11 @@ def test_ctrl_c_stops_cleanly_and_resumes(src: Path, reference: Path, tmp_path: 
     assert "Traceback" not in stderr
     assert (out / BUILD_DIR / "lock").read_text() == "", "the lock was not released"
     # Another setting is refused on the incomplete store; the same command finishes it.
-    other = run_build(src, out, "--frames-per-shard", "3", workers=2)
+    other = run_build(src, out, "--frames-per-shard", "3", workers=workers)
     assert other.returncode == 2
     assert "frames_per_shard: store 2, this command 3" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
-    again = run_build(src, out, workers=2)
+    again = run_build(src, out, workers=workers)
     assert again.returncode == 0, again.stderr
     assert_same_store(out, reference)
 
