@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import zarr
 
+from prebake.errors import PrebakeError, StoreError
 from prebake.reader import LOOP1_FIELDS, PrebakedDataset
 from prebake.store.schema import DATA_ARRAYS, array_specs
 from prebake.store.shard import CHECKSUM_BYTES, read_index, shard_key
@@ -53,6 +54,8 @@ TARGETS = (
 def bench_reader(store: Path, *, src: Path | None, items: int) -> dict[str, Any]:
     """Items/s of the reader and its references, their ratios and the worker RSS check."""
     dataset = PrebakedDataset(store)
+    if len(dataset) == 0:
+        raise StoreError(f"{store}: the store holds no items to read")
     loop1 = PrebakedDataset(store, fields=LOOP1_FIELDS)
     order = [int(i) for i in np.random.default_rng(0).integers(0, len(dataset), size=items)]
     floor = _MemmapFloor(store, dataset, order)
@@ -244,6 +247,10 @@ class _OnTheFly:
             item = int(tables.selected[index])
             video_id = tables.video_ids[int(tables.video[item])]
             if video_id not in self.videos:
+                if video_id not in refs:
+                    raise PrebakeError(
+                        f"{src}: video {video_id} of the store is not in this source"
+                    )
                 self.videos[video_id] = open_video(refs[video_id])
             video = self.videos[video_id]
             kind = dataset.type_names[int(tables.masklet_type[item])]
