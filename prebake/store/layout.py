@@ -107,7 +107,15 @@ class StoreDir:
         atomic_write_json(self.record_path(record["index"]), record)
 
     def clear(self) -> None:
-        """Remove everything but the build folder (which holds our lock): --overwrite."""
+        """Remove everything but the lock: --overwrite, or a start over.
+
+        The root metadata and the build's plan and records go first: a run killed in the middle
+        of this leaves no store to resume (only data no record vouches for), so it starts over.
+        """
+        (self.path / "zarr.json").unlink(missing_ok=True)
+        for child in self.build_dir.iterdir():
+            if child.name != self.lock_path.name:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         for child in self.path.iterdir():
             if child.name == BUILD_DIR:
                 continue
@@ -115,9 +123,6 @@ class StoreDir:
                 shutil.rmtree(child)
             else:
                 child.unlink()
-        for child in self.build_dir.iterdir():
-            if child.name != self.lock_path.name:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     def create(self, attrs: dict[str, Any], params: dict[str, Any]) -> None:
         """Create the group and the four data arrays (metadata only: no chunk is written)."""
