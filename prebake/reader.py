@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -238,7 +239,7 @@ def _load_tables(
         masklet_id=masklet_id,
         masklet_type=masklet_type,
         t=t,
-        video_ids=[str(value) for value in root["videos/video_id"][:]],  # type: ignore[index, union-attr]
+        video_ids=[str(value) for value in column("videos/video_id")],
         video_frame_row=video_frame_row,
         frames_frame_index=frames_frame_index,
         sorted_keys=sorted_keys,
@@ -430,8 +431,8 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     arrays whose layout cannot be memory-mapped fall back to zarr-python on their own
     (`read_paths` says which path each field takes). `verify_checksums=True` also checks the
     crc32c of raw image chunks (compressed chunks are always checked). `max_open_shards` bounds
-    the shard files kept mapped per process. `tune_allocator` raises glibc's mmap and trim
-    thresholds in each reading process (see `tune_allocator`).
+    the shard files kept mapped per process (and per thread). `tune_allocator` raises glibc's
+    mmap and trim thresholds in each reading process (see `tune_allocator`).
     """
 
     def __init__(
@@ -475,13 +476,15 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         self.layouts = {name: _layout_of(self.path, specs[name], fast) for name in self.fields}
         self._tables: _Tables | None = self._read_tables()
         self._length = len(self._tables.selected)
-        self._state: _ProcessState | None = None
+        # Open files and buffers, per process and per thread: threads must not share the
+        # LRU or the decode buffer, and a forked worker must not use its parent's.
+        self._local: threading.local | None = threading.local()
 
     # -- pickling: parameters only; tables and open files are rebuilt in the receiving process
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_tables"] = None
-        state["_state"] = None
+        state["_local"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -501,14 +504,18 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         return self._tables
 
     def _ensure_state(self) -> _ProcessState:
+        if self._local is None:  # unpickled in this process
+            self._local = threading.local()
+        state: _ProcessState | None = getattr(self._local, "state", None)
         # A forked worker inherits the parent's state: it opens its own (pid differs).
-        if self._state is None or self._state.pid != os.getpid():
+        if state is None or state.pid != os.getpid():
             if self.tune_allocator:
                 tune_allocator()
-            self._state = _ProcessState(
+            state = _ProcessState(
                 self.path, self.layouts, self.max_open_shards, self.verify_checksums
             )
-        return self._state
+            self._local.state = state
+        return state
 
     @property
     def read_paths(self) -> dict[str, str]:

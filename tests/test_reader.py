@@ -1,4 +1,4 @@
-"""PrebakedDataset: the contract of issue 3, checked against what zarr-python reads from the store."""
+"""PrebakedDataset: issue 3's contract, checked against what zarr-python reads from the store."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pickle
 import shutil
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def sample_key(sample: dict[str, Any]) -> tuple[str, int, str, int]:
 def linked_copy(
     store: Path, out: Path, *, copy: tuple[str, ...] = (), skip: tuple[str, ...] = ()
 ) -> Path:
-    """A store sharing the original's files by symlink, except those copied (to alter) or skipped."""
+    """A store sharing the original's files by symlink, but those copied (to alter) or skipped."""
     out.mkdir()
     for child in store.iterdir():
         if child.name in skip:
@@ -464,3 +465,12 @@ def test_distributed_sampler_ranks_cover_every_item_once(
                     )
                 ] += 1
     assert seen == Counter(view.key(item) for item in range(len(view)))
+
+
+def test_threads_reading_one_dataset_get_the_same_items(train_store: Path) -> None:
+    dataset = PrebakedDataset(train_store, fields=("prompt_masks", "masks"))
+    sequential = [dataset[i] for i in range(len(dataset))]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(dataset.__getitem__, range(len(dataset))))
+    for left, right in zip(sequential, threaded, strict=True):
+        assert_bitwise_equal(left, right)
