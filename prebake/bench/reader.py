@@ -207,6 +207,9 @@ class _MemmapFloor:
             masks = torch.empty((1024, 1024), dtype=torch.float32)
             self.zstd.decode(mask_frame, out=self.scratch)
             np.copyto(masks.numpy(), self.scratch, casting="unsafe")
+            # Free the item before the next, as a reader call whose result is dropped: keeping
+            # two items alive across the loop changes the allocator's pattern and slows it down.
+            del pixel_values, g_pixel_values, prompt_masks, masks
 
 
 class _ZarrReader:
