@@ -293,8 +293,9 @@ class _ShardRows:
         # Compressed chunks are small (about 1 KB a mask): checking their crc costs next to
         # nothing. A raw image chunk's crc costs more than copying it; `prebake verify` checks.
         self.verify = layout.checksummed and (verify_checksums or self.compressed)
+        self.dtype = spec.numpy_dtype  # computed once: the property builds a new dtype each call
         self.zstd = numcodecs.Zstd() if self.compressed else None
-        self.scratch = np.empty(spec.row_shape, dtype=spec.numpy_dtype) if self.compressed else None
+        self.scratch = np.empty(spec.row_shape, dtype=self.dtype) if self.compressed else None
 
     def read_into(self, row: int, out: np.ndarray) -> None:
         shard, local = divmod(row, self.layout.rows_per_shard)
@@ -314,10 +315,10 @@ class _ShardRows:
             assert self.zstd is not None and self.scratch is not None
             self.zstd.decode(memoryview(data)[offset:end], out=self.scratch)
             np.copyto(out, self.scratch, casting="unsafe")  # uint8 -> float32 by numpy (fast)
-        elif out.dtype == self.spec.numpy_dtype:
+        elif out.dtype == self.dtype:
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, end - offset, offset)
         else:
-            row_values = np.frombuffer(data, self.spec.numpy_dtype, out.size, offset)
+            row_values = np.frombuffer(data, self.dtype, out.size, offset)
             np.copyto(out, row_values.reshape(out.shape), casting="unsafe")
 
     def _path(self, shard: int) -> Path:
