@@ -32,7 +32,7 @@ from prebake.sources.annotations import FRAME_STRIDE
 from prebake.sources.base import VideoRef
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.lock import StoreLock
-from prebake.store.plan import UnitPlan, assign_rows
+from prebake.store.plan import UnitPlan, assign_rows, decode_ints, encode_ints, items_of
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, SCHEMA_VERSION, array_specs
 from prebake.store.writer import RowStream, StoreWriteError, remove_shards
 from prebake.versions import library_versions
@@ -41,6 +41,7 @@ DEFAULT_FRAMES_PER_SHARD = 64
 DEFAULT_ITEMS_PER_SHARD = 1024
 MAX_REASON_CHARS = 300  # a failure reason is one line of a report, not a dump
 PLAN_BATCH = 16  # videos per planning task: parsing one JSON is quick, a task round trip is not
+PROMPT_CELLS_DTYPE = "<i2"  # cells on in a 16 x 16 prompt grid, as the items table stores them
 PLAN_INLINE = 64  # up to this many videos are planned here, while the workers start
 
 
@@ -182,7 +183,7 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
     return {
         "index": unit.index,
         "status": "ok",
-        "prompt_cells": prompt_cells,
+        "prompt_cells": encode_ints(np.array(prompt_cells), PROMPT_CELLS_DTYPE),
         "bytes": written,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -190,19 +191,19 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
 
 def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
     video = open_video(unit.ref)
-    planned = (unit.frame_indices, unit.masklets, unit.width, unit.height)
+    planned = (unit.frame_indices.tolist(), unit.masklets, unit.width, unit.height)
     found = (
-        video.frame_indices,
+        list(video.frame_indices),
         [(m.type, m.id) for m in video.masklets],
         video.width,
         video.height,
     )
-    if planned != found:
+    if planned != found or not np.array_equal(unit.items, items_of(video.areas)):
         raise SourceError(
             unit.frames, "source changed since the build was planned; rebuild with --overwrite"
         )
     items_at: list[list[tuple[int, int]]] = [[] for _ in unit.frame_indices]
-    for t, k, area in unit.items:
+    for t, k, area in unit.items.tolist():
         items_at[t].append((k, area))
     prompt_cells = []
     frames = 0
@@ -411,7 +412,7 @@ class _Builder:
             store.prepare_build_dir()
         assert attrs is not None
         self.phase = "baking"
-        units = [UnitPlan.from_json(unit) for unit in plan["units"]]
+        units = [UnitPlan.from_json(unit) for unit in plan.pop("units")]  # kept compact only
         for unit in units:  # videos that could not even be opened are committed as failures now
             if unit.status == "failed" and store.read_record(unit.index) is None:
                 store.write_record({"index": unit.index, "status": "failed", "reason": unit.reason})
@@ -597,14 +598,19 @@ def _commit(
     resumed: int,
     workers: int,
 ) -> BuildReport:
-    records = [store.read_record(unit.index) for unit in units]
-    assert all(record is not None for record in records), "every unit has a record before commit"
-    tables = make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"])  # type: ignore[arg-type]
-    store.write_tables(tables)
+    records = []
+    for unit in units:
+        record = store.read_record(unit.index)
+        assert record is not None, "every unit has a record before commit"
+        if record["status"] == "ok":
+            record["prompt_cells"] = decode_ints(record["prompt_cells"], PROMPT_CELLS_DTYPE)
+        records.append(record)
+    store.write_tables(make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"]))
+    baked = [unit for unit, record in zip(units, records, strict=True) if record["status"] == "ok"]
     failures = [
         {"video_id": unit.video_id, "path": unit.frames, "reason": record["reason"]}
         for unit, record in zip(units, records, strict=True)
-        if record and record["status"] != "ok"
+        if record["status"] != "ok"
     ]
     finished = time.time()
     attrs = dict(attrs)
@@ -612,8 +618,8 @@ def _commit(
     attrs["counts"] = {
         "videos": len(units),
         "videos_failed": len(failures),
-        "frames": int((tables["frames/video"] >= 0).sum()),
-        "items": len(tables["items/area"]),
+        "frames": sum(len(unit.frame_indices) for unit in baked),
+        "items": sum(len(unit.items) for unit in baked),
     }
     attrs["failures"] = failures
     attrs["build"] = {
@@ -627,81 +633,95 @@ def _commit(
     return _report_from_attrs(store.path, attrs, resumed=resumed, seconds=finished - started)
 
 
+ITEM_TABLE_COLUMNS = (
+    "frame_row",
+    "mask_row",
+    "video",
+    "frame_index",
+    "masklet_id",
+    "masklet_type",
+    "area",
+    "prompt_cells",
+)
+VIDEO_TABLE_COLUMNS = (
+    "video_id",
+    "layout",
+    "source",
+    "status",
+    "width",
+    "height",
+    "frame_count",
+    "frame_row",
+    "frames",
+    "item_row",
+    "items",
+)
+
+
 def make_tables(
     units: list[UnitPlan], records: list[dict[str, Any]], frame_rows: int, source_root: str
-) -> dict[str, np.ndarray]:
-    """The row tables, from the plan and the unit records, in plan order (so they are deterministic)."""
-    frame_video = np.full(frame_rows, -1, dtype=np.int32)
-    frame_index = np.full(frame_rows, -1, dtype=np.int32)
-    columns: dict[str, list[int]] = {
-        key: []
-        for key in (
-            "frame_row",
-            "mask_row",
-            "video",
-            "frame_index",
-            "masklet_id",
-            "masklet_type",
-            "area",
-            "prompt_cells",
-        )
-    }
-    videos: dict[str, list[Any]] = {
-        key: []
-        for key in (
-            "video_id",
-            "layout",
-            "source",
-            "status",
-            "width",
-            "height",
-            "frame_count",
-            "frame_row",
-            "frames",
-            "item_row",
-            "items",
-        )
-    }
-    for row, (unit, record) in enumerate(zip(units, records, strict=True)):
-        ok = record["status"] == "ok"
-        if ok:
-            rows = slice(unit.frame_row, unit.frame_row + len(unit.frame_indices))
-            frame_video[rows] = row
-            frame_index[rows] = unit.frame_indices
-            for position, ((t, k, area), cells) in enumerate(
-                zip(unit.items, record["prompt_cells"], strict=True)
-            ):
-                kind, masklet_id = unit.masklets[k]
-                columns["frame_row"].append(unit.frame_row + t)
-                columns["mask_row"].append(unit.item_row + position)
-                columns["video"].append(row)
-                columns["frame_index"].append(unit.frame_indices[t])
-                columns["masklet_id"].append(masklet_id)
-                columns["masklet_type"].append(MASKLET_TYPES.index(kind))
-                columns["area"].append(area)
-                columns["prompt_cells"].append(cells)
-        values = {
-            "video_id": unit.video_id,
-            "layout": unit.layout,
-            "source": os.path.relpath(unit.frames, source_root),
-            "status": "ok" if ok else "failed",
-            "width": unit.width,
-            "height": unit.height,
-            "frame_count": unit.frame_count,
-            "frame_row": unit.frame_row if ok else -1,
-            "frames": len(unit.frame_indices) if ok else 0,
-            "item_row": unit.item_row if ok else -1,
-            "items": len(unit.items) if ok else 0,
-        }
-        for key, value in values.items():
-            videos[key].append(value)
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The row tables from the plan and the unit records, in plan order (so deterministic).
+
+    Yielded one table at a time: the item columns of all SA-V are gigabytes together.
+    """
     specs = array_specs()
-    tables = {"frames/video": frame_video, "frames/frame_index": frame_index}
-    for key, column in columns.items():
-        tables[f"items/{key}"] = np.array(column, dtype=specs[f"items/{key}"].numpy_dtype)
-    for key, video_column in videos.items():
-        tables[f"videos/{key}"] = np.array(video_column, dtype=specs[f"videos/{key}"].numpy_dtype)
-    return tables
+    baked = [
+        (row, unit, record)
+        for row, (unit, record) in enumerate(zip(units, records, strict=True))
+        if record["status"] == "ok"
+    ]
+    for key in ("video", "frame_index"):
+        column = np.full(frame_rows, -1, dtype=np.int32)
+        for row, unit, _ in baked:
+            rows = slice(unit.frame_row, unit.frame_row + len(unit.frame_indices))
+            column[rows] = row if key == "video" else unit.frame_indices
+        yield f"frames/{key}", column
+    for key in ITEM_TABLE_COLUMNS:
+        dtype = specs[f"items/{key}"].numpy_dtype
+        parts = [_item_column(key, *entry).astype(dtype, copy=False) for entry in baked]
+        yield f"items/{key}", np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    ok = {row for row, _, _ in baked}
+    for key in VIDEO_TABLE_COLUMNS:
+        values = [_video_value(key, unit, row in ok, source_root) for row, unit in enumerate(units)]
+        yield f"videos/{key}", np.array(values, dtype=specs[f"videos/{key}"].numpy_dtype)
+
+
+def _item_column(key: str, row: int, unit: UnitPlan, record: dict[str, Any]) -> np.ndarray:
+    """One item column of one baked unit (int64 wherever a row number may pass 2**31)."""
+    t, k, area = unit.items.T
+    if key == "frame_row":
+        return t.astype(np.int64) + unit.frame_row
+    if key == "mask_row":
+        return np.arange(len(t), dtype=np.int64) + unit.item_row
+    if key == "video":
+        return np.full(len(t), row, dtype=np.int64)
+    if key == "frame_index":
+        return unit.frame_indices[t]
+    if key == "masklet_id":
+        return np.array([masklet_id for _, masklet_id in unit.masklets], dtype=np.int64)[k]
+    if key == "masklet_type":
+        return np.array([MASKLET_TYPES.index(kind) for kind, _ in unit.masklets], np.int64)[k]
+    if key == "area":
+        return area
+    cells: np.ndarray = record["prompt_cells"]
+    if len(cells) != len(t):
+        raise StoreError(f"record of unit {unit.index} has {len(cells)} items, plan {len(t)}")
+    return cells
+
+
+def _video_value(key: str, unit: UnitPlan, ok: bool, source_root: str) -> Any:
+    if key == "source":
+        return os.path.relpath(unit.frames, source_root)
+    if key == "status":
+        return "ok" if ok else "failed"
+    if key == "frames":
+        return len(unit.frame_indices) if ok else 0
+    if key == "items":
+        return len(unit.items) if ok else 0
+    if key in ("frame_row", "item_row"):
+        return getattr(unit, key) if ok else -1
+    return getattr(unit, key)
 
 
 def _report_from_attrs(

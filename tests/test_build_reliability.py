@@ -24,6 +24,7 @@ from prebake.demo import SampleObject, SampleVideo, write_sample
 from prebake.errors import StoreError
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.lock import StoreLock
+from prebake.store.plan import UnitPlan
 from prebake.store.schema import array_specs
 
 FRAMES_PER_SHARD = 2  # small shards: every video spans several, so kills land between them
@@ -212,12 +213,12 @@ def test_kill_inside_a_unit_then_resume(src: Path, reference: Path, tmp_path: Pa
     plan_path = out / BUILD_DIR / "plan.json"
     process = start_build(src, out)
     wait_for(plan_path.is_file, process, "the plan is written")
-    plan = json.loads(plan_path.read_text())
+    units = [UnitPlan.from_json(u) for u in json.loads(plan_path.read_text())["units"]]
     # Units are baked longest first: the last in plan order is the first baked.
-    unit = max(plan["units"], key=lambda u: (len(u["frame_indices"]), -u["index"]))
-    second_shard = unit["frame_row"] // FRAMES_PER_SHARD + 1
+    unit = max(units, key=lambda u: (len(u.frame_indices), -u.index))
+    second_shard = unit.frame_row // FRAMES_PER_SHARD + 1
     shard = StoreDir(out).shard_path(array_specs()["g_pixel_values"], second_shard)
-    record = out / BUILD_DIR / "units" / f"{unit['index']:07d}.json"
+    record = out / BUILD_DIR / "units" / f"{unit.index:07d}.json"
     wait_for(shard.is_file, process, "a unit's second shard is written")
     kill9(process)
     assert shard.is_file() and not record.exists(), "the kill was meant to land inside the unit"

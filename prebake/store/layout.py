@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +154,13 @@ class StoreDir:
 
         zarr.open_group(self.path, mode="r+", zarr_format=3).attrs.put({"prebake": attrs})
 
-    def write_tables(self, tables: dict[str, np.ndarray]) -> None:
-        """Write the row tables (small 1-D arrays) through zarr-python."""
+    def write_tables(self, tables: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Write the row tables (1-D arrays, given one at a time) through zarr-python."""
         import zarr
 
         root = zarr.open_group(self.path, mode="r+", zarr_format=3)
         chunk = schema_document()["table_rows_per_chunk"]
-        for name, values in tables.items():
+        for name, values in tables:
             spec = array_specs()[name]
             group_name, array_name = name.split("/")
             group = root.require_group(group_name)

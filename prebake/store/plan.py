@@ -3,14 +3,39 @@
 Each unit's frame rows and item rows start on a shard boundary, so a unit writes only shards it
 alone owns: units can run in any order, in parallel, on other machines, or again after a crash,
 without touching each other (two writers on one shard lose data in zarr-python).
+
+A plan of all SA-V holds tens of millions of items, so per-frame and per-item values are numpy
+arrays (int32, 4 bytes a value) in memory and base64 strings in JSON, not Python lists.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import base64
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from prebake.sources import Video, VideoRef
+
+ITEM_COLUMNS = 3  # (t: annotated frame, k: masklet, area: source pixels on)
+
+
+def encode_ints(values: np.ndarray, dtype: str = "<i4") -> str:
+    """A JSON-friendly form of an integer array: base64 of its little-endian bytes."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def decode_ints(text: str, dtype: str = "<i4") -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype)
+
+
+def _no_items() -> np.ndarray:
+    return np.zeros((0, ITEM_COLUMNS), dtype=np.int32)
+
+
+def _no_frames() -> np.ndarray:
+    return np.zeros(0, dtype=np.int32)
 
 
 @dataclass
@@ -25,9 +50,9 @@ class UnitPlan:
     width: int = 0
     height: int = 0
     frame_count: int = 0
-    frame_indices: list[int] = field(default_factory=list)
+    frame_indices: np.ndarray = field(default_factory=_no_frames)  # int32, 24 fps index per t
     masklets: list[tuple[str, int]] = field(default_factory=list)
-    items: list[tuple[int, int, int]] = field(default_factory=list)  # (t, masklet k, area)
+    items: np.ndarray = field(default_factory=_no_items)  # int32 (n, 3): (t, masklet k, area)
     frame_row: int = -1
     item_row: int = -1
 
@@ -37,21 +62,15 @@ class UnitPlan:
 
     @classmethod
     def from_video(cls, index: int, video: Video) -> UnitPlan:
-        areas = video.areas
         return cls(
             index=index,
             **_ref_fields(video.ref),
             width=video.width,
             height=video.height,
             frame_count=video.frame_count,
-            frame_indices=list(video.frame_indices),
+            frame_indices=np.asarray(video.frame_indices, dtype=np.int32),
             masklets=[(m.type, m.id) for m in video.masklets],
-            items=[
-                (t, k, int(areas[t, k]))
-                for t in range(areas.shape[0])
-                for k in range(areas.shape[1])
-                if areas[t, k] > 0
-            ],
+            items=items_of(video.areas),
         )
 
     @classmethod
@@ -60,13 +79,26 @@ class UnitPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UnitPlan:
-        plan = cls(**data)
-        plan.masklets = [(str(kind), int(i)) for kind, i in plan.masklets]
-        plan.items = [(int(t), int(k), int(a)) for t, k, a in plan.items]
-        return plan
+        values = dict(data)
+        values["frame_indices"] = decode_ints(data["frame_indices"])
+        values["items"] = decode_ints(data["items"]).reshape(-1, ITEM_COLUMNS)
+        values["masklets"] = [(str(kind), int(i)) for kind, i in data["masklets"]]
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
+        data["frame_indices"] = encode_ints(self.frame_indices)
+        data["items"] = encode_ints(self.items)
+        data["masklets"] = [list(masklet) for masklet in self.masklets]
+        return data
+
+
+def items_of(areas: np.ndarray) -> np.ndarray:
+    """The (t, k, area) of every non-empty (annotated frame, masklet), frame by frame, masklet
+    by masklet: the order of the item rows."""
+    t, k = np.nonzero(areas > 0)
+    # An area fits int32: sources refuse sides over 16384 (16384^2 < 2^31).
+    return np.stack([t, k, areas[t, k]], axis=1).astype(np.int32)
 
 
 def _ref_fields(ref: VideoRef) -> dict[str, Any]:
