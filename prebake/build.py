@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -121,7 +122,22 @@ def _init_worker(progress_queue: Any, parent_pid: int) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before prctl: nobody will commit our work
         os._exit(1)
+    tune_memory()
     _progress = progress_queue.put
+
+
+def tune_memory() -> None:
+    """Keep freed frame-sized buffers in the heap for the next frame.
+
+    Every frame allocates a dozen arrays of 1-3 MB; by default glibc gives much of that memory
+    back after each frame and faults it in again for the next one (REFERENCE.md section 6):
+    measured here, about 3 ms of a frame's ~50 ms. Only worker processes (and the benchmark's
+    bare compute) are tuned; the heap stays bounded by one frame's working set.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024 * 1024)  # M_MMAP_THRESHOLD: frame buffers come from the heap
+        libc.mallopt(-1, 256 * 1024 * 1024)  # M_TRIM_THRESHOLD: and stay there for reuse
 
 
 def _ready() -> None:
@@ -170,11 +186,7 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
             stream.abort()
         if isinstance(error, StoreWriteError):  # the store's fault, not the video's: stop
             raise
-        counts = {"frame_rows": len(unit.frame_indices), "item_rows": len(unit.items)}
-        for name in DATA_ARRAYS:
-            spec = specs[name]
-            rows_per_shard = params[str(spec.rows_per_shard)]
-            remove_shards(store, spec, first_rows[spec.rows], counts[spec.rows], rows_per_shard)
+        remove_unit_shards(store, unit, params)
         if isinstance(error, PrebakeError):
             reason = one_line(str(error))
         else:
@@ -187,6 +199,16 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
         "bytes": written,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def remove_unit_shards(store: StoreDir, unit: UnitPlan, params: dict[str, Any]) -> None:
+    """Delete the shards of a unit that failed: the store holds nothing its tables do not list."""
+    first_rows = {"frame_rows": unit.frame_row, "item_rows": unit.item_row}
+    counts = {"frame_rows": len(unit.frame_indices), "item_rows": len(unit.items)}
+    for name in DATA_ARRAYS:
+        spec = array_specs()[name]
+        rows_per_shard = params[str(spec.rows_per_shard)]
+        remove_shards(store, spec, first_rows[spec.rows], counts[spec.rows], rows_per_shard)
 
 
 def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
@@ -447,8 +469,8 @@ class _Builder:
         with tqdm(
             total=len(refs), desc="planning", unit="video", disable=not options.progress
         ) as bar:
-            if options.workers > 1:
-                self.pool().warm_up()  # workers start (a second of imports) while we plan
+            if refs:
+                self.pool().warm_up()  # workers start (their imports) while we plan
             if options.workers <= 1 or len(refs) <= PLAN_INLINE:
                 for index, ref in refs:
                     units.append(plan_unit(index, ref))
@@ -482,51 +504,100 @@ class _Builder:
             ) from None
 
     def _bake(self, params: dict[str, Any], todo: list[UnitPlan]) -> None:
+        """Bake every unit in worker processes (one worker included: a crash in a decoder then
+        kills a worker, not the build) and commit each unit's record as it comes back."""
         from tqdm import tqdm
 
-        options, store = self.options, self.store
         # Longest videos first: the last units to finish are then short ones, so no worker
         # idles long at the end. The order changes nothing stored (rows are planned).
-        todo = sorted(todo, key=lambda unit: (-len(unit.frame_indices), unit.index))
+        queue = deque(sorted(todo, key=lambda unit: (-len(unit.frame_indices), unit.index)))
         bar = tqdm(
             total=sum(len(unit.frame_indices) for unit in todo),
             desc="baking",
             unit="frame",
-            disable=not options.progress,
+            disable=not self.options.progress,
             smoothing=0.05,
         )
         failed = 0
 
         def commit_record(record: dict[str, Any]) -> None:
             nonlocal failed
-            store.write_record(record)
+            self.store.write_record(record)
             self.committed += 1
             failed += record["status"] != "ok"
             bar.set_postfix_str(f"videos {self.committed}/{self.planned}, failed {failed}")
 
         try:
-            if options.workers <= 1 or not todo:
-                global _progress
-                _progress = bar.update
-                for unit in todo:
-                    commit_record(bake_unit(str(store.path), unit.to_json(), params))
-                return
-            pool = self.pool()
-            pending: set[Future[dict[str, Any]]] = set()
-            units = iter(todo)
-            while True:
-                while len(pending) < 2 * options.workers and (upcoming := next(units, None)):
-                    job = (str(store.path), upcoming.to_json(), params)
-                    pending.add(pool.submit(bake_unit, *job))
-                if not pending:
-                    break
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                pool.drain(bar)
-                for future in finished:
-                    commit_record(self._result(future))
-            pool.drain(bar)
+            while queue:
+                suspects = self._bake_in_pool(params, queue, bar, commit_record)
+                if suspects:
+                    _say(
+                        self.options,
+                        f"note: a worker process died; retrying its {len(suspects)} videos "
+                        "one at a time",
+                    )
+                for unit in suspects:
+                    commit_record(self._bake_alone(params, unit, bar))
         finally:
             bar.close()
+
+    def _bake_in_pool(
+        self,
+        params: dict[str, Any],
+        queue: deque[UnitPlan],
+        bar: Any,
+        commit_record: Callable[[dict[str, Any]], None],
+    ) -> list[UnitPlan]:
+        """Bake units from `queue` until it is empty or a worker dies; then return the units
+        that were in flight (one of them may have killed it)."""
+        pool = self.pool()
+        pending: dict[Future[dict[str, Any]], UnitPlan] = {}
+        in_flight_when_broken: list[UnitPlan] = []
+        while queue or pending:
+            while queue and len(pending) < 2 * self.options.workers:
+                unit = queue.popleft()
+                job = (str(self.store.path), unit.to_json(), params)
+                pending[pool.submit(bake_unit, *job)] = unit
+            finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            pool.drain(bar)
+            for future in finished:
+                unit = pending.pop(future)
+                try:
+                    record = future.result()
+                except BrokenProcessPool:
+                    in_flight_when_broken.append(unit)
+                    continue
+                commit_record(record)
+            if in_flight_when_broken:
+                self._discard_pool()
+                return in_flight_when_broken + list(pending.values())
+        pool.drain(bar)
+        return []
+
+    def _bake_alone(self, params: dict[str, Any], unit: UnitPlan, bar: Any) -> dict[str, Any]:
+        """Bake one unit in a worker of its own: if that worker dies too, the video killed it
+        and is recorded as failed; otherwise its record is the normal one."""
+        pool = _WorkerPool(1)
+        try:
+            future = pool.submit(bake_unit, str(self.store.path), unit.to_json(), params)
+            while not wait([future], timeout=0.2).done:
+                pool.drain(bar)
+            pool.drain(bar)
+            return future.result()
+        except BrokenProcessPool:
+            remove_unit_shards(self.store, unit, params)
+            reason = (
+                f"{unit.frames}: the worker process baking this video died "
+                "(a crash in a decoder, or killed, e.g. out of memory)"
+            )
+            return {"index": unit.index, "status": "failed", "reason": reason}
+        finally:
+            pool.close(kill=True)
+
+    def _discard_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close(kill=True)
+            self._pool = None
 
 
 def _check_settings(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:

@@ -460,3 +460,23 @@ def test_disk_full_stops_the_build_and_resumes(
     again = run_build(src, out, workers=2)
     assert again.returncode == 0, again.stderr
     assert_same_store(out, reference)
+
+
+def test_a_worker_killed_mid_unit_does_not_stop_the_build(
+    src: Path, reference: Path, tmp_path: Path
+) -> None:
+    """A worker that dies (a decoder crash, the OOM killer) costs only a retry: the units it
+    may have been baking are redone each in a worker of its own, and the store is whole."""
+    out = tmp_path / "store.zarr"
+    process = start_build(src, out, workers=2)
+    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
+    workers = [
+        pid
+        for pid in children_of(process.pid)
+        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert_same_store(out, reference)

@@ -34,6 +34,7 @@ import av
 import numpy as np
 
 from prebake import transforms
+from prebake.build import tune_memory
 from prebake.demo import SampleObject, SampleVideo, _annotation, render
 from prebake.sources import discover, open_video
 from prebake.sources.annotations import FRAME_STRIDE
@@ -200,6 +201,7 @@ def _annotated_frames(src: Path) -> int:
 def bare_compute(src: Path) -> tuple[float, float]:
     """Wall and CPU seconds to decode, resize and mask-process every annotated frame of `src`,
     in this process."""
+    tune_memory()  # as in the build's workers, so that both run with the same allocator
     videos = []
     for ref in discover(src, masklets="all"):
         try:
