@@ -53,7 +53,9 @@ class StoreLock:
                 break
             os.close(fd)
         else:
-            raise StoreError(f"{self.store}: could not lock {self.path}; is another build finishing?")
+            raise StoreError(
+                f"{self.store}: could not lock {self.path}; is another build finishing?"
+            )
         previous = _read_holder(fd)
         if previous:  # a clean release empties the record: this one died holding the lock
             self.took_over = previous
