@@ -291,19 +291,21 @@ def test_second_build_on_the_same_store_fails_fast(
 ) -> None:
     out = tmp_path / "store.zarr"
     lock = out / BUILD_DIR / "lock"
-    first = start_build(src, out)
-    wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, first, "the lock is taken")
-    started = time.monotonic()
-    second = run_build(src, out)
-    assert time.monotonic() - started < 20
-    assert first.poll() is None, "the first build should still be running"
+    with planning_blocked(src):  # the first build holds the lock for as long as we need
+        first = start_build(src, out)
+        wait_for(lambda: lock.is_file() and lock.stat().st_size > 0, first, "the lock is taken")
+        started = time.monotonic()
+        second = run_build(src, out)
+        assert time.monotonic() - started < 20
+        assert first.poll() is None, "the first build should still be running"
+        # The first build is killed: its lock is stale (it names a dead process) and is taken
+        # over by the next build.
+        kill9(first)
     assert second.returncode == 2
     message = second.stderr.strip()
     assert len(message.splitlines()) == 1, message
     assert "another build is writing this store" in message
     assert f"pid {first.pid}" in message and f"host {socket.gethostname()}" in message
-    # The first build is killed: its lock is stale (it names a dead process) and is taken over.
-    kill9(first)
     assert json.loads(lock.read_text())["pid"] == first.pid
     with StoreLock(lock, out) as taken:
         assert taken.took_over is not None and taken.took_over["pid"] == first.pid
