@@ -147,7 +147,13 @@ CASES = [
         _truncate("{video_id}.mp4", 0.6),
         "cannot decode video",
     ),
-    Case("empty-mp4", "sav_600102", "train", _write("{video_id}.mp4", b""), "cannot decode video"),
+    Case(
+        "empty-mp4",
+        "sav_600102",
+        "train",
+        _write("{video_id}.mp4", b""),
+        "cannot decode video (empty file)",
+    ),
     Case(
         "not-a-video",
         "sav_600103",

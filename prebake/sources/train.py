@@ -69,6 +69,8 @@ class Mp4Video(JsonAnnotatedVideo):
         wanted = iter(enumerate(self.frame_indices))
         t, target = next(wanted, (-1, None))
         decoded = 0
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise SourceError(path, "cannot decode video (empty file)")
         try:
             with av.open(path) as container:
                 for frame in container.decode(self._open_stream(container)):
