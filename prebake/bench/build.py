@@ -36,6 +36,7 @@ import numpy as np
 from prebake import transforms
 from prebake.build import tune_memory
 from prebake.demo import SampleObject, SampleVideo, _annotation, render
+from prebake.errors import PrebakeError
 from prebake.sources import discover, open_video
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.store.layout import StoreDir
@@ -260,7 +261,7 @@ def run_build(src: Path, out: Path, *, workers: int) -> BuildRun:
     cpu_seconds = _children_cpu() - cpu_before
     stderr = process.stderr.read().decode() if process.stderr else ""
     if process.returncode != 0:
-        raise RuntimeError(f"benchmark build failed (exit {process.returncode}): {stderr.strip()}")
+        raise PrebakeError(f"benchmark build failed (exit {process.returncode}): {stderr.strip()}")
     StoreDir(out).require_complete()
     shutil.rmtree(out)
     return BuildRun(seconds, cpu_seconds, peaks, tree)
