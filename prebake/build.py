@@ -334,8 +334,8 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 class _WorkerPool:
-    """The worker processes of one build, spawned once for planning and baking alike (each
-    costs about a second of imports)."""
+    """The worker processes of one build, spawned once for planning and baking alike (a
+    spawned worker costs a few tenths of a second of imports)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
