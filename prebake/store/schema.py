@@ -114,6 +114,8 @@ class _Crc32c:
     @staticmethod
     def decode(data: bytes | memoryview) -> bytes | memoryview:
         body, stored = data[:-4], bytes(data[-4:])
+        if isinstance(body, memoryview):
+            body = body.tobytes()  # google_crc32c takes bytes only
         if struct.pack("<I", google_crc32c.value(body)) != stored:
             raise ChecksumError("crc32c mismatch")
         return body
