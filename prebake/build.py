@@ -5,6 +5,11 @@ time), then its record; only when every unit has a record are the tables written
 marked complete. Re-running the same build skips units that have a record and redoes the rest,
 which gives a store bitwise identical to an uninterrupted build, whenever the first run was
 killed (kill -9 included) or interrupted (Ctrl-C).
+
+Units run in worker processes of this machine, or as Dask tasks on a cluster (`dask`, see
+`prebake.cluster`, imported only then); either way this process alone holds the lock, writes
+the records and commits. The store and the source may be local paths or fsspec URLs
+(`prebake.storage`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,12 +36,24 @@ from prebake.errors import PrebakeError, SourceError, StoreError
 from prebake.sources import MASKLET_TYPES, discover, open_video
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.sources.base import VideoRef
+from prebake.storage import (
+    RemotePath,
+    StorageOptions,
+    as_path,
+    is_url,
+    location_text,
+    relative_location,
+    tree_bytes,
+)
 from prebake.store.layout import BUILD_DIR, StoreDir
-from prebake.store.lock import StoreLock
+from prebake.store.lock import RemoteStoreLock, StoreLock
 from prebake.store.plan import UnitPlan, assign_rows, decode_ints, encode_ints, items_of
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, SCHEMA_VERSION, array_specs
 from prebake.store.writer import RowStream, StoreWriteError, remove_shards
 from prebake.versions import library_versions
+
+if TYPE_CHECKING:
+    from prebake.cluster import DaskCluster
 
 DEFAULT_FRAMES_PER_SHARD = 64
 DEFAULT_ITEMS_PER_SHARD = 1024
@@ -52,8 +69,8 @@ class BuildInterrupted(PrebakeError):
 
 @dataclass
 class BuildOptions:
-    src: Path
-    out: Path
+    src: str | Path  # a folder, or an fsspec URL (s3://bucket/sav)
+    out: str | Path  # likewise
     workers: int = 1
     masklets: str = "manual"  # "manual", "auto" or "all"
     layout: str = "auto"  # "auto", "train", "frames" or "png"
@@ -63,11 +80,13 @@ class BuildOptions:
     items_per_shard: int = DEFAULT_ITEMS_PER_SHARD
     overwrite: bool = False
     progress: bool = True
+    storage_options: StorageOptions | None = None  # for fsspec URLs (endpoint, credentials)
+    dask: str | None = None  # run units on Dask: "tcp://host:8786" or "local:N"
 
 
 @dataclass
 class BuildReport:
-    store: Path
+    store: Path | RemotePath
     videos: int
     videos_failed: int
     frames: int
@@ -94,7 +113,7 @@ def settings_of(options: BuildOptions) -> dict[str, Any]:
         items_per_shard=options.items_per_shard,
     )
     source = {
-        "root": str(options.src.resolve()),
+        "root": location_text(as_path(options.src, options.storage_options)),
         "videos_filter": sorted(options.video_ids) if options.video_ids is not None else None,
         "limit": options.limit,
     }
@@ -144,14 +163,16 @@ def _ready() -> None:
     """A task that only makes the pool spawn a worker."""
 
 
-def plan_units(refs: list[tuple[int, VideoRef]]) -> list[UnitPlan]:
-    return [plan_unit(index, ref) for index, ref in refs]
+def plan_units(
+    refs: list[tuple[int, VideoRef]], storage_options: StorageOptions | None = None
+) -> list[UnitPlan]:
+    return [plan_unit(index, ref, storage_options) for index, ref in refs]
 
 
-def plan_unit(index: int, ref: VideoRef) -> UnitPlan:
+def plan_unit(index: int, ref: VideoRef, storage_options: StorageOptions | None = None) -> UnitPlan:
     """Open and validate one video; a video that cannot be opened is a failed unit, not an error."""
     try:
-        return UnitPlan.from_video(index, open_video(ref))
+        return UnitPlan.from_video(index, open_video(ref, storage_options))
     except PrebakeError as error:
         return UnitPlan.failed(index, ref, one_line(str(error)))
     except Exception as error:  # never let one broken video stop the build
@@ -162,10 +183,20 @@ def _unexpected(where: str, error: BaseException) -> str:
     return one_line(f"{where}: unexpected {type(error).__name__}: {error}")
 
 
-def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Bake one planned video into the rows it owns; return its record (never raises for bad input)."""
+def bake_unit(
+    store_path: str,
+    unit_data: dict[str, Any],
+    params: dict[str, Any],
+    storage_options: StorageOptions | None = None,
+) -> dict[str, Any]:
+    """Bake one planned video into the rows it owns; return its record (never raises for bad input).
+
+    Idempotent: it writes only the unit's own shards, each atomically, with the same bytes
+    every time, so running it again (after a crash, or on another Dask worker) is harmless.
+    `storage_options` are for a store or source named by URL.
+    """
     unit = UnitPlan.from_json(unit_data)
-    store = StoreDir(store_path)
+    store = StoreDir(store_path, storage_options)
     specs = array_specs()
     first_rows = {"frame_rows": unit.frame_row, "item_rows": unit.item_row}
     streams = {
@@ -179,7 +210,7 @@ def bake_unit(store_path: str, unit_data: dict[str, Any], params: dict[str, Any]
     }
     started = time.perf_counter()
     try:
-        prompt_cells = _bake_frames(unit, streams)
+        prompt_cells = _bake_frames(unit, streams, storage_options)
         written = sum(stream.close() for stream in streams.values())
     except Exception as error:  # any failure of one video is recorded, never fatal to the build
         for stream in streams.values():
@@ -211,8 +242,10 @@ def remove_unit_shards(store: StoreDir, unit: UnitPlan, params: dict[str, Any]) 
         remove_shards(store, spec, first_rows[spec.rows], counts[spec.rows], rows_per_shard)
 
 
-def _bake_frames(unit: UnitPlan, streams: dict[str, RowStream]) -> list[int]:
-    video = open_video(unit.ref)
+def _bake_frames(
+    unit: UnitPlan, streams: dict[str, RowStream], storage_options: StorageOptions | None
+) -> list[int]:
+    video = open_video(unit.ref, storage_options)
     planned = (unit.frame_indices.tolist(), unit.masklets, unit.width, unit.height)
     found = (
         list(video.frame_indices),
@@ -274,7 +307,9 @@ def build(options: BuildOptions) -> BuildReport:
 
 
 def _build(options: BuildOptions) -> BuildReport:
-    out = options.out
+    if options.dask is not None:
+        options = _absolute(options)
+    out = as_path(options.out, options.storage_options)
     store = StoreDir(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a folder")
@@ -289,14 +324,14 @@ def _build(options: BuildOptions) -> BuildReport:
         )
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with StoreLock(store.lock_path, out) as lock:
+    with _lock_of(store) as lock:
         if lock.took_over:
             _say(
                 options,
                 f"note: took over the lock of a build that died (pid {lock.took_over.get('pid')} "
                 f"on {lock.took_over.get('host')})",
             )
-        builder = _Builder(options, store)
+        builder = _Builder(options, store, lock)
         try:
             return builder.run()
         except KeyboardInterrupt:
@@ -306,13 +341,29 @@ def _build(options: BuildOptions) -> BuildReport:
             _tidy(store, created)
 
 
+def _absolute(options: BuildOptions) -> BuildOptions:
+    """Local paths made absolute: Dask workers do not share this process's working folder."""
+
+    def absolute(location: str | Path) -> str | Path:
+        return location if is_url(str(location)) else Path(location).resolve()
+
+    return replace(options, src=absolute(options.src), out=absolute(options.out))
+
+
+def _lock_of(store: StoreDir) -> StoreLock | RemoteStoreLock:
+    if isinstance(store.lock_path, RemotePath):
+        return RemoteStoreLock(store.lock_path, store.path)
+    assert isinstance(store.path, Path)
+    return StoreLock(store.lock_path, store.path)
+
+
 def _tidy(store: StoreDir, created: bool) -> None:
     """Leave no build folder where it holds nothing to resume: in a complete store (however
     this run ended) or where nothing was committed yet (the run failed or stopped planning)."""
     attrs = store.attrs()
     if attrs is None or attrs.get("state") == "complete":
         store.remove_build_dir()
-        if created and not any(store.path.iterdir()):
+        if created and isinstance(store.path, Path) and not any(store.path.iterdir()):
             store.path.rmdir()
 
 
@@ -378,13 +429,19 @@ class _WorkerPool:
 class _Builder:
     """One run of `build` on a locked store: plan (or read the plan), bake, commit."""
 
-    def __init__(self, options: BuildOptions, store: StoreDir) -> None:
+    def __init__(
+        self, options: BuildOptions, store: StoreDir, lock: StoreLock | RemoteStoreLock
+    ) -> None:
         self.options = options
         self.store = store
+        self.lock = lock
+        self.src = as_path(options.src, options.storage_options)
+        self.storage_options = options.storage_options
         self.phase = "starting"
         self.committed = 0  # units with a record (earlier runs included)
         self.planned = 0
         self._pool: _WorkerPool | None = None
+        self._cluster: DaskCluster | None = None
         self._finished = False
 
     def pool(self) -> _WorkerPool:
@@ -392,10 +449,29 @@ class _Builder:
             self._pool = _WorkerPool(self.options.workers)
         return self._pool
 
+    def cluster(self) -> DaskCluster:
+        """The Dask cluster (`--dask`), connected or started on first use."""
+        if self._cluster is None:
+            from prebake.cluster import DaskCluster
+
+            assert self.options.dask is not None
+            self._cluster = DaskCluster(self.options.dask)
+        return self._cluster
+
+    @property
+    def workers(self) -> int:
+        """Worker processes (threads, on Dask) baking, as the store's attributes record."""
+        if self._cluster is not None:
+            return self._cluster.threads()
+        return self.options.workers
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close(kill=not self._finished)
             self._pool = None
+        if self._cluster is not None:
+            self._cluster.close(kill=not self._finished)
+            self._cluster = None
 
     def interrupted_message(self) -> str:
         where = self.store.path
@@ -428,17 +504,20 @@ class _Builder:
             store.prepare_build_dir()
             plan = self._make_plan(settings)
             store.write_plan(plan)
-            attrs = _initial_attrs(options, settings, plan, started)
+            attrs = _initial_attrs(settings, plan, started, self.workers)
             store.create(attrs, settings["params"])
         else:
             store.prepare_build_dir()
         assert attrs is not None
         self.phase = "baking"
         units = [UnitPlan.from_json(unit) for unit in plan.pop("units")]  # kept compact only
+        records = store.read_records(unit.index for unit in units)
         for unit in units:  # videos that could not even be opened are committed as failures now
-            if unit.status == "failed" and store.read_record(unit.index) is None:
+            if unit.status == "failed" and records[unit.index] is None:
                 store.write_record({"index": unit.index, "status": "failed", "reason": unit.reason})
-        todo = [unit for unit in units if store.read_record(unit.index) is None]
+                records[unit.index] = {"status": "failed"}
+        todo = [unit for unit in units if records[unit.index] is None]
+        del records
         self.planned = len(units)
         self.committed = len(units) - len(todo)
         resumed = sum(unit.status == "planned" for unit in units) - len(todo)
@@ -446,7 +525,8 @@ class _Builder:
             _say(options, f"resuming: {resumed} videos already baked, {len(todo)} to go")
         self._bake(settings["params"], todo)
         self.phase = "committing"
-        report = _commit(store, attrs, units, started, resumed, options.workers)
+        self.lock.check()
+        report = _commit(store, attrs, units, started, resumed, self.workers)
         self._finished = True
         return report
 
@@ -457,7 +537,7 @@ class _Builder:
         refs = list(
             enumerate(
                 discover(
-                    options.src,
+                    self.src,
                     layout=options.layout,
                     masklets=options.masklets,
                     video_ids=options.video_ids,
@@ -469,16 +549,22 @@ class _Builder:
         with tqdm(
             total=len(refs), desc="planning", unit="video", disable=not options.progress
         ) as bar:
-            if refs:
+            batches = [refs[i : i + PLAN_BATCH] for i in range(0, len(refs), PLAN_BATCH)]
+            if refs and options.dask is None:
                 self.pool().warm_up()  # workers start (their imports) while we plan
-            if options.workers <= 1 or len(refs) <= PLAN_INLINE:
+            inline = options.workers <= 1 and options.dask is None
+            if inline or len(refs) <= PLAN_INLINE:
                 for index, ref in refs:
-                    units.append(plan_unit(index, ref))
+                    units.append(plan_unit(index, ref, self.storage_options))
                     bar.update(1)
+            elif options.dask is not None:  # parsing 50 k annotation files is cluster work too
+                cluster = self.cluster()
+                for planned in cluster.map_in_order(plan_units, batches, self.storage_options):
+                    units.extend(planned)
+                    bar.update(len(planned))
             else:
                 pool = self.pool()
-                batches = [refs[i : i + PLAN_BATCH] for i in range(0, len(refs), PLAN_BATCH)]
-                futures = [pool.submit(plan_units, batch) for batch in batches]
+                futures = [pool.submit(plan_units, b, self.storage_options) for b in batches]
                 for future in futures:
                     planned = self._result(future)
                     units.extend(planned)
@@ -522,12 +608,15 @@ class _Builder:
 
         def commit_record(record: dict[str, Any]) -> None:
             nonlocal failed
+            self.lock.check()  # a remote lock taken over by another build: commit nothing more
             self.store.write_record(record)
             self.committed += 1
             failed += record["status"] != "ok"
             bar.set_postfix_str(f"videos {self.committed}/{self.planned}, failed {failed}")
 
         try:
+            if self.options.dask is not None:
+                self._bake_on_dask(params, queue, bar, commit_record)
             while queue:
                 suspects = self._bake_in_pool(params, queue, bar, commit_record)
                 if suspects:
@@ -556,8 +645,7 @@ class _Builder:
         while queue or pending:
             while queue and len(pending) < 2 * self.options.workers:
                 unit = queue.popleft()
-                job = (str(self.store.path), unit.to_json(), params)
-                pending[pool.submit(bake_unit, *job)] = unit
+                pending[pool.submit(bake_unit, *self._job(unit, params))] = unit
             finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             pool.drain(bar)
             for future in finished:
@@ -574,25 +662,50 @@ class _Builder:
         pool.drain(bar)
         return []
 
+    def _bake_on_dask(
+        self,
+        params: dict[str, Any],
+        queue: deque[UnitPlan],
+        bar: Any,
+        commit_record: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Bake every unit of `queue` as a Dask task. Dask reruns a unit whose worker died on
+        another worker; after `distributed.scheduler.allowed-failures` deaths (3 by default) it
+        gives up on it, and that video is recorded as failed, as a local build does."""
+
+        def done(unit: UnitPlan, record: dict[str, Any] | None) -> None:
+            commit_record(self._worker_died(unit, params) if record is None else record)
+            bar.update(len(unit.frame_indices))  # one bar for the cluster: frames of done units
+
+        self.cluster().bake(queue, lambda unit: self._job(unit, params), done)
+
     def _bake_alone(self, params: dict[str, Any], unit: UnitPlan, bar: Any) -> dict[str, Any]:
         """Bake one unit in a worker of its own: if that worker dies too, the video killed it
         and is recorded as failed; otherwise its record is the normal one."""
         pool = _WorkerPool(1)
         try:
-            future = pool.submit(bake_unit, str(self.store.path), unit.to_json(), params)
+            future = pool.submit(bake_unit, *self._job(unit, params))
             while not wait([future], timeout=0.2).done:
                 pool.drain(bar)
             pool.drain(bar)
             return future.result()
         except BrokenProcessPool:
-            remove_unit_shards(self.store, unit, params)
-            reason = (
-                f"{unit.frames}: the worker process baking this video died "
-                "(a crash in a decoder, or killed, e.g. out of memory)"
-            )
-            return {"index": unit.index, "status": "failed", "reason": reason}
+            return self._worker_died(unit, params)
         finally:
             pool.close(kill=True)
+
+    def _job(self, unit: UnitPlan, params: dict[str, Any]) -> tuple[Any, ...]:
+        """bake_unit's arguments for `unit`."""
+        return (str(self.store.path), unit.to_json(), params, self.storage_options)
+
+    def _worker_died(self, unit: UnitPlan, params: dict[str, Any]) -> dict[str, Any]:
+        """The record of a video whose worker died each time it was baked."""
+        remove_unit_shards(self.store, unit, params)
+        reason = (
+            f"{unit.frames}: the worker process baking this video died "
+            "(a crash in a decoder, or killed, e.g. out of memory)"
+        )
+        return {"index": unit.index, "status": "failed", "reason": reason}
 
     def _discard_pool(self) -> None:
         if self._pool is not None:
@@ -600,7 +713,9 @@ class _Builder:
             self._pool = None
 
 
-def _check_settings(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+def _check_settings(
+    path: Path | RemotePath, stored: dict[str, Any], wanted: dict[str, Any]
+) -> None:
     """Refuse to resume or reuse a store made with other settings, naming what differs."""
     differences = _differences(stored, wanted)
     if differences:
@@ -637,7 +752,7 @@ def _setting_label(key: str) -> str:
 
 
 def _initial_attrs(
-    options: BuildOptions, settings: dict[str, Any], plan: dict[str, Any], started: float
+    settings: dict[str, Any], plan: dict[str, Any], started: float, workers: int
 ) -> dict[str, Any]:
     units = plan["units"]
     return {
@@ -653,7 +768,7 @@ def _initial_attrs(
         "settings": settings,
         "counts": {},
         "failures": [],
-        "build": {"started": _iso(started), "workers": options.workers},
+        "build": {"started": _iso(started), "workers": workers},
     }
 
 
@@ -670,8 +785,9 @@ def _commit(
     workers: int,
 ) -> BuildReport:
     records = []
+    stored = store.read_records(unit.index for unit in units)
     for unit in units:
-        record = store.read_record(unit.index)
+        record = stored.pop(unit.index)
         assert record is not None, "every unit has a record before commit"
         if record["status"] == "ok":
             record["prompt_cells"] = decode_ints(record["prompt_cells"], PROMPT_CELLS_DTYPE)
@@ -783,7 +899,7 @@ def _item_column(key: str, row: int, unit: UnitPlan, record: dict[str, Any]) -> 
 
 def _video_value(key: str, unit: UnitPlan, ok: bool, source_root: str) -> Any:
     if key == "source":
-        return os.path.relpath(unit.frames, source_root)
+        return relative_location(unit.frames, source_root)
     if key == "status":
         return "ok" if ok else "failed"
     if key == "frames":
@@ -796,7 +912,7 @@ def _video_value(key: str, unit: UnitPlan, ok: bool, source_root: str) -> Any:
 
 
 def _report_from_attrs(
-    path: Path,
+    path: Path | RemotePath,
     attrs: dict[str, Any],
     *,
     already_complete: bool = False,
@@ -818,10 +934,6 @@ def _report_from_attrs(
     )
 
 
-def store_bytes(path: Path) -> int:
+def store_bytes(path: Path | RemotePath) -> int:
     """Bytes on disk of the store's files (the build folder excluded)."""
-    total = 0
-    for folder, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if d != BUILD_DIR]
-        total += sum(os.path.getsize(os.path.join(folder, name)) for name in files)
-    return total
+    return tree_bytes(path, BUILD_DIR)[0]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prebake.storage import RemotePath
 
 
 class PrebakeError(Exception):
@@ -12,7 +16,7 @@ class PrebakeError(Exception):
 class SourceError(PrebakeError):
     """A source file (video, frame, annotation) is missing, unreadable or inconsistent."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path | RemotePath, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")

@@ -1,32 +1,27 @@
 """`prebake info`: what a store holds, how it was built, and what it costs on disk.
 
-Reads only metadata and shard indexes (never a chunk), so it is instant on any store size; an
-incomplete store is described too (state "building"), since that is when people ask.
+Reads only metadata and shard indexes (never a chunk), so it is instant on any local store; a
+remote store costs one ranged read per shard file. An incomplete store is described too (state
+"building"), since that is when people ask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from prebake.errors import StoreError
+from prebake.storage import RemotePath, StorageOptions, list_names, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.schema import DATA_ARRAYS, array_specs
 from prebake.store.shard import NO_CHUNK, read_index
 
 
-def _folder_bytes(folder: Path) -> tuple[int, int]:
+def _folder_bytes(folder: Path | RemotePath) -> tuple[int, int]:
     """(bytes, files) under `folder`."""
-    total = files = 0
-    for parent, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != BUILD_DIR]
-        for name in names:
-            total += os.path.getsize(os.path.join(parent, name))
-            files += 1
-    return total, files
+    return tree_bytes(folder, BUILD_DIR)
 
 
 def _array_info(store: StoreDir, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +37,7 @@ def _array_info(store: StoreDir, name: str, params: dict[str, Any]) -> dict[str,
     rows = 0  # chunks written, counted from the shard indexes (no chunk is read)
     folder = store.path / name / "c"
     if folder.is_dir():
-        for entry in os.listdir(folder):
+        for entry in list_names(folder):
             path = store.shard_path(spec, int(entry)) if entry.isdigit() else None
             if path is not None and path.is_file():
                 with contextlib.suppress(ValueError):  # a damaged shard: `prebake verify` names it
@@ -63,9 +58,11 @@ def _array_info(store: StoreDir, name: str, params: dict[str, Any]) -> dict[str,
     }
 
 
-def store_info(path: str | Path) -> dict[str, Any]:
-    """Counts, failures, per-array layout and sizes, build parameters, versions and timing."""
-    store = StoreDir(path)
+def store_info(path: str | Path, storage_options: StorageOptions | None = None) -> dict[str, Any]:
+    """Counts, failures, per-array layout and sizes, build parameters, versions and timing.
+
+    `path` may be an fsspec URL; `storage_options` go to fsspec."""
+    store = StoreDir(path, storage_options)
     if not store.path.exists():
         raise StoreError(f"{store.path}: no such store")
     attrs = store.attrs()

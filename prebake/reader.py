@@ -12,8 +12,9 @@ indexes, zarr arrays of the fallback) is opened lazily in the process that reads
 dataset pickles small and works in DataLoader workers under fork and spawn.
 
 The fallback path reads each row through zarr-python's `arr[row]`; it serves any array whose
-layout cannot be memory-mapped (for instance images stored with a compressor), and everything
-when `fast=False`. The tests prove both paths give identical tensors.
+layout cannot be memory-mapped (for instance images stored with a compressor), everything when
+`fast=False`, and every array of a remote store (an fsspec URL: nothing to memory-map; copy the
+store to a local disk for the fast path). The tests prove both paths give identical tensors.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from prebake.errors import StoreError
+from prebake.storage import RemotePath, StorageOptions, as_path, zarr_store
 from prebake.store.layout import StoreDir
 from prebake.store.schema import DATA_ARRAYS, ITEM_ARRAYS, ArraySpec, array_specs
 from prebake.store.shard import CHECKSUM_BYTES, INDEX_ENTRY_BYTES, NO_CHUNK, parse_index, shard_key
@@ -122,7 +124,7 @@ class _Layout:
     why: str = ""  # why an array falls back to zarr-python
 
 
-def _layout_of(store: Path, spec: ArraySpec, allow_fast: bool) -> _Layout:
+def _layout_of(store: Path | RemotePath, spec: ArraySpec, allow_fast: bool) -> _Layout:
     """Inspect the array's zarr.json: can its inner chunks be read as byte ranges of the shard?"""
     try:
         with (store / spec.name / "zarr.json").open() as handle:
@@ -131,7 +133,12 @@ def _layout_of(store: Path, spec: ArraySpec, allow_fast: bool) -> _Layout:
         rows_per_shard = int(grid[0])
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
         raise StoreError(f"{store}: array {spec.name} has unreadable metadata ({error})") from None
-    problem = "fast=False" if not allow_fast else _unmappable(metadata, spec)
+    if not allow_fast:
+        problem = "fast=False"
+    elif isinstance(store, RemotePath):
+        problem = "remote store (copy it to a local disk to memory-map it)"
+    else:
+        problem = _unmappable(metadata, spec)
     if problem:
         return _Layout(spec.name, rows_per_shard, "zarr", checksummed=False, why=problem)
     inner = [codec["name"] for codec in metadata["codecs"][0]["configuration"]["codecs"][1:]]
@@ -198,13 +205,13 @@ class _Tables:
 
 
 def _load_tables(
-    path: Path,
+    path: Path | RemotePath,
     type_names: list[str],
     clip_len: int | None,
     masklet_types: tuple[str, ...] | None,
     min_prompt_cells: int,
 ) -> _Tables:
-    root = zarr.open_group(path, mode="r", zarr_format=3)
+    root = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
 
     def column(name: str) -> np.ndarray:
         return np.asarray(root[name][:])  # type: ignore[index]
@@ -248,7 +255,11 @@ def _load_tables(
 
 
 def _item_keys(
-    path: Path, video: np.ndarray, t: np.ndarray, masklet_type: np.ndarray, masklet_id: np.ndarray
+    path: Path | RemotePath,
+    video: np.ndarray,
+    t: np.ndarray,
+    masklet_type: np.ndarray,
+    masklet_id: np.ndarray,
 ) -> np.ndarray:
     limits = (
         (video, _VIDEO_BITS),
@@ -370,8 +381,8 @@ class _ShardRows:
 class _ZarrRows:
     """Rows of one array read through zarr-python (the fallback path)."""
 
-    def __init__(self, store: Path, spec: ArraySpec) -> None:
-        self.array = zarr.open_array(store / spec.name, mode="r", zarr_format=3)
+    def __init__(self, store: Path | RemotePath, spec: ArraySpec) -> None:
+        self.array = zarr.open_array(zarr_store(store / spec.name), mode="r", zarr_format=3)
 
     def read_into(self, row: int, out: np.ndarray) -> None:
         np.copyto(out, np.asarray(self.array[row]), casting="unsafe")
@@ -382,7 +393,7 @@ class _ProcessState:
 
     def __init__(
         self,
-        store: Path,
+        store: Path | RemotePath,
         layouts: dict[str, _Layout],
         max_open_shards: int,
         verify_checksums: bool,
@@ -395,6 +406,7 @@ class _ProcessState:
             if layout.mode == "zarr":
                 self.rows[name] = _ZarrRows(store, specs[name])
             else:
+                assert isinstance(store, Path), "remote stores are read through zarr-python"
                 self.rows[name] = _ShardRows(
                     store, specs[name], layout, maps, max_open_shards, verify_checksums
                 )
@@ -434,6 +446,10 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     crc32c of raw image chunks (compressed chunks are always checked). `max_open_shards` bounds
     the shard files kept mapped per process (and per thread). `tune_allocator` raises glibc's
     mmap and trim thresholds in each reading process (see `tune_allocator`).
+
+    `path` may be an fsspec URL (`s3://bucket/store.zarr`, with `storage_options` for fsspec:
+    endpoint, credentials): such a store is read through zarr-python, a request per row; copy
+    it to a local disk for the memory-mapped path.
     """
 
     def __init__(
@@ -448,8 +464,9 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         verify_checksums: bool = False,
         max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS,
         tune_allocator: bool = True,
+        storage_options: StorageOptions | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = as_path(path, storage_options)
         attrs = StoreDir(self.path).require_complete()
         self.fields = _check_fields(fields)
         if clip_len is not None and (isinstance(clip_len, bool) or int(clip_len) < 1):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -39,6 +38,15 @@ from PIL import Image
 
 from prebake import transforms
 from prebake.errors import PrebakeError, StoreError
+from prebake.storage import (
+    RemotePath,
+    StorageOptions,
+    as_path,
+    list_names,
+    relative_name,
+    storage_options_of,
+    zarr_store,
+)
 from prebake.store.layout import StoreDir
 from prebake.store.rows import RowError, RowReader
 from prebake.store.schema import (
@@ -147,10 +155,18 @@ class VerifyReport:
 
 
 def verify_store(
-    path: str | Path, *, src: Path | None = None, samples: int | None = 16, progress: bool = True
+    path: str | Path,
+    *,
+    src: str | Path | None = None,
+    samples: int | None = 16,
+    progress: bool = True,
+    storage_options: StorageOptions | None = None,
 ) -> VerifyReport:
-    """Check the store at `path`; `samples` items are re-derived from `src` (None: all of them)."""
-    store = StoreDir(path)
+    """Check the store at `path`; `samples` items are re-derived from `src` (None: all of them).
+
+    `path` and `src` may be fsspec URLs; `storage_options` go to fsspec for both.
+    """
+    store = StoreDir(path, storage_options)
     attrs = store.require_complete()
     if samples is not None and samples < 0:
         raise StoreError(f"samples must be a number >= 0 or None (all), not {samples}")
@@ -168,7 +184,7 @@ def verify_store(
     damaged = _check_integrity(context, report, progress)
     _check_semantics(context, report, damaged, exhaustive=samples is None, progress=progress)
     if src is not None:
-        _check_source(context, report, Path(src), samples, damaged, progress)
+        _check_source(context, report, as_path(src, storage_options), samples, damaged, progress)
     return report
 
 
@@ -361,7 +377,8 @@ def _read_tables(store: StoreDir, report: VerifyReport) -> dict[str, np.ndarray]
         if spec.sharded:
             continue
         try:
-            values = np.asarray(zarr.open_array(store.path / name, mode="r", zarr_format=3)[...])
+            array = zarr.open_array(zarr_store(store.path / name), mode="r", zarr_format=3)
+            values = np.asarray(array[...])
         except Exception as error:  # zarr raises many types for a broken array or chunk
             report.problem(f"{name}: table unreadable ({type(error).__name__}: {error})")
             continue
@@ -578,7 +595,7 @@ class _ShardCheck:
     ) -> None:
         self.context, self.spec, self.per, self.shard, self.rows = context, spec, per, shard, rows
         self.path = context.store.shard_path(spec, shard)
-        self.where = str(self.path.relative_to(context.store.path))
+        self.where = relative_name(self.path, context.store.path)
 
     def _label(self, row: int) -> str:
         if self.spec.name in IMAGE_ARRAYS:
@@ -669,12 +686,12 @@ def _check_orphans(
     folder = context.store.path / spec.name / "c"
     if not folder.is_dir():
         return
-    for entry in sorted(os.listdir(folder)):
+    for entry in sorted(list_names(folder)):
         if entry.isdigit() and int(entry) not in referenced:
             path = context.store.shard_path(spec, int(entry))
             if path.exists():
                 report.problem(
-                    f"{spec.name}: shard file {path.relative_to(context.store.path)} holds no row the tables refer to"
+                    f"{spec.name}: shard file {relative_name(path, context.store.path)} holds no row the tables refer to"
                 )
 
 
@@ -964,7 +981,7 @@ def _check_semantics(
 def _check_source(
     context: _Context,
     report: VerifyReport,
-    src: Path,
+    src: Path | RemotePath,
     samples: int | None,
     damaged: dict[str, set[int]],
     progress: bool,
@@ -1009,7 +1026,7 @@ def _check_source(
                 done = _rederive_video(
                     context,
                     report,
-                    open_video(refs[video_id]),
+                    open_video(refs[video_id], storage_options_of(src)),
                     video,
                     sorted(wanted_frames[video]),
                     wanted_items[video],

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prebake.errors import PrebakeError
 from prebake.sources import frames, png, train
 from prebake.sources.base import MASKLET_TYPES, Masklet, Video, VideoRef
+from prebake.storage import RemotePath, listed
 
 LAYOUTS = {"train": train, "frames": frames, "png": png}
-_VIDEO_CLASSES: dict[str, Callable[[VideoRef], Video]] = {
+_VIDEO_CLASSES: dict[str, Callable[..., Video]] = {
     "train": train.Mp4Video,
     "frames": frames.JpegFolderVideo,
     "png": png.PngMaskVideo,
@@ -20,7 +22,7 @@ __all__ = ["LAYOUTS", "MASKLET_TYPES", "Masklet", "Video", "VideoRef", "discover
 
 
 def discover(
-    src: Path,
+    src: Path | RemotePath,
     *,
     layout: str = "auto",
     masklets: str = "manual",
@@ -29,8 +31,10 @@ def discover(
 ) -> list[VideoRef]:
     """Find the videos under `src` (recursively) in one layout, or in any with `layout='auto'`.
 
-    Sorted by video id, so the same source always gives the same rows.
+    Sorted by video id, so the same source always gives the same rows. A remote source is
+    listed once (one fs.find), then searched in memory.
     """
+    src = listed(src)
     if not src.is_dir():
         raise PrebakeError(f"{src}: source folder not found")
     layouts = list(LAYOUTS) if layout == "auto" else [layout]
@@ -56,6 +60,9 @@ def discover(
     return refs[:limit] if limit is not None else refs
 
 
-def open_video(ref: VideoRef) -> Video:
-    """Open and validate one video's annotations (raises SourceError naming the bad file)."""
-    return _VIDEO_CLASSES[ref.layout](ref)
+def open_video(ref: VideoRef, storage_options: Mapping[str, Any] | None = None) -> Video:
+    """Open and validate one video's annotations (raises SourceError naming the bad file).
+
+    A ref's files are paths or fsspec URLs; `storage_options` are passed to fsspec for URLs.
+    """
+    return _VIDEO_CLASSES[ref.layout](ref, storage_options=storage_options)

@@ -17,6 +17,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from prebake.errors import SourceError
+from prebake.storage import RemotePath
 
 FRAME_STRIDE = 4  # masklet[t] annotates video frame 4t (SA-V annotates at 6 of 24 fps)
 MAX_SIDE = 16384  # larger than any SA-V video (4K); rejects absurd sizes before allocating
@@ -49,7 +50,9 @@ class Annotation:
         return mask_utils.decode(self.rles[t][k])
 
 
-def _whole_number(path: Path, key: str, value: object, *, minimum: int, maximum: int) -> int:
+def _whole_number(
+    path: Path | RemotePath, key: str, value: object, *, minimum: int, maximum: int
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SourceError(path, f"'{key}' must be a number, got {value!r}")
     if value != int(value) or not minimum <= value <= maximum:
@@ -88,7 +91,7 @@ def rle_runs(counts: str) -> np.ndarray:
     return runs
 
 
-def _rle_area(path: Path, where: str, rle: object, height: int, width: int) -> int:
+def _rle_area(path: Path | RemotePath, where: str, rle: object, height: int, width: int) -> int:
     """Validate one RLE against the video size and return its area, without decoding it."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise SourceError(path, f"{where}: not an RLE object with 'size' and 'counts'")
@@ -109,13 +112,15 @@ def _rle_area(path: Path, where: str, rle: object, height: int, width: int) -> i
     return int(runs[1::2].sum())
 
 
-def load_annotation(path: Path, expected_video_id: str, masklet_type: str) -> Annotation:
+def load_annotation(
+    path: Path | RemotePath, expected_video_id: str, masklet_type: str
+) -> Annotation:
     """Read and validate one SA-V annotation file; raise SourceError with a one-line reason."""
     try:
         with path.open("rb") as handle:
             raw = json.load(handle)
     except OSError as error:
-        raise SourceError(path, f"cannot read: {error.strerror}") from None
+        raise SourceError(path, f"cannot read: {error.strerror or error}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SourceError(path, f"invalid JSON ({error})") from None
     if not isinstance(raw, dict):

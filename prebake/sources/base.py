@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from prebake.errors import SourceError
+from prebake.storage import RemotePath, as_path
 
 MASKLET_TYPES = ("manual", "auto")
 T = TypeVar("T")
@@ -24,7 +26,7 @@ class VideoRef:
 
     video_id: str
     layout: str  # "train", "frames" or "png"
-    frames: str  # the mp4 (train) or the folder of JPEG frames (frames, png)
+    frames: str  # the mp4 (train) or the folder of JPEG frames (frames, png): path or URL
     annotations: tuple[
         str, ...
     ]  # JSON files, manual before auto (train, frames); mask folder (png)
@@ -49,8 +51,10 @@ class Video(ABC):
         frame_indices: list[int],
         masklets: list[Masklet],
         areas: np.ndarray,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.ref = ref
+        self.storage_options = storage_options
         self.video_id = ref.video_id
         self.width = width
         self.height = height
@@ -67,7 +71,7 @@ class Video(ABC):
     def mask(self, t: int, k: int) -> np.ndarray:
         """Original-resolution uint8 mask (nonzero = on) of masklet k at annotated frame t."""
 
-    def check_frame_size(self, frame: Image.Image, where: str | Path) -> None:
+    def check_frame_size(self, frame: Image.Image, where: str | Path | RemotePath) -> None:
         if frame.size != (self.width, self.height):
             raise SourceError(
                 where,
@@ -75,7 +79,7 @@ class Video(ABC):
             )
 
 
-def open_jpeg(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
+def open_jpeg(path: Path | RemotePath, size: tuple[int, int] | None = None) -> Image.Image:
     """A frame as Sa2VA opens images: `Image.open(path).convert('RGB')`.
 
     With `size` (width, height), a frame of another size is refused from its header, before its
@@ -90,11 +94,21 @@ def open_jpeg(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
         return decoded(path, "image", lambda: image.convert("RGB"))
 
 
+def source_path(text: str, storage_options: Mapping[str, Any] | None = None) -> Path | RemotePath:
+    """A source file or folder named in a `VideoRef` (a path, or a URL for a remote source)."""
+    return as_path(text, storage_options)
+
+
 @contextmanager
-def open_image(path: Path, what: str, *, missing: str | None = None) -> Iterator[Image.Image]:
-    """`Image.open` (header only), with one-line SourceErrors for files that are not images."""
+def open_image(
+    path: Path | RemotePath, what: str, *, missing: str | None = None
+) -> Iterator[Image.Image]:
+    """`Image.open` (header only), with one-line SourceErrors for files that are not images.
+
+    A remote image is fetched whole (one GET: frames and masks are small) and opened from memory.
+    """
     try:
-        image = Image.open(path)
+        image = Image.open(path if isinstance(path, Path) else io.BytesIO(path.read_bytes()))
     except FileNotFoundError:
         raise SourceError(path, missing or f"missing {what}") from None
     except Image.UnidentifiedImageError:
@@ -107,7 +121,7 @@ def open_image(path: Path, what: str, *, missing: str | None = None) -> Iterator
         yield image
 
 
-def decoded(path: Path, what: str, decode: Callable[[], T]) -> T:
+def decoded(path: Path | RemotePath, what: str, decode: Callable[[], T]) -> T:
     """Run `decode` (which reads the pixels of an opened image), with one-line SourceErrors."""
     try:
         return decode()

@@ -8,26 +8,27 @@ from pathlib import Path
 
 from PIL import Image
 
-from prebake.sources.base import VideoRef, open_jpeg
+from prebake.sources.base import VideoRef, open_jpeg, source_path
 from prebake.sources.train import JsonAnnotatedVideo, json_files
+from prebake.storage import RemotePath, sorted_paths
 
 
 class JpegFolderVideo(JsonAnnotatedVideo):
     def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
-        folder = Path(self.ref.frames)
+        folder = source_path(self.ref.frames, self.storage_options)
         for t, index in enumerate(self.frame_indices):
             path = folder / f"{index:05d}.jpg"
             yield t, open_jpeg(path, (self.width, self.height))
 
 
-def discover(src: Path, masklets: str) -> list[VideoRef]:
+def discover(src: Path | RemotePath, masklets: str) -> list[VideoRef]:
     """Every frame folder named `<id>` (holding 00000.jpg) with a `<id>_manual.json` under `src`."""
-    folders: dict[str, Path] = {}
-    for first in sorted(src.rglob("00000.jpg")):
+    folders: dict[str, Path | RemotePath] = {}
+    for first in sorted_paths(src.rglob("00000.jpg")):
         if "JPEGImages_24fps" not in first.parts:  # that is the val/test layout
             folders.setdefault(first.parent.name, first.parent)
     refs = []
-    for manual in sorted(src.rglob("*_manual.json")):
+    for manual in sorted_paths(src.rglob("*_manual.json")):
         video_id = manual.name.removesuffix("_manual.json")
         if video_id in folders and not manual.with_name(f"{video_id}.mp4").is_file():
             files = json_files(manual, masklets)

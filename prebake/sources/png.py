@@ -5,17 +5,27 @@ masks stay per object. An object with no PNG at an annotated frame is absent the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from prebake.errors import SourceError
-from prebake.sources.base import Masklet, Video, VideoRef, decoded, open_image, open_jpeg
+from prebake.sources.base import (
+    Masklet,
+    Video,
+    VideoRef,
+    decoded,
+    open_image,
+    open_jpeg,
+    source_path,
+)
+from prebake.storage import RemotePath, listed, sorted_paths
 
 
-def read_png_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+def read_png_mask(path: Path | RemotePath, size: tuple[int, int]) -> np.ndarray:
     """A mask PNG as 0/1 uint8, refused (from its header) when its size is not the frames'."""
     with open_image(path, "PNG") as image:
         if image.size != size:
@@ -29,8 +39,10 @@ def read_png_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 class PngMaskVideo(Video):
-    def __init__(self, ref: VideoRef) -> None:
-        frames, masks = Path(ref.frames), Path(ref.annotations[0])
+    def __init__(self, ref: VideoRef, storage_options: Mapping[str, Any] | None = None) -> None:
+        # Listed once each when remote: every mask's existence is asked below.
+        frames = listed(source_path(ref.frames, storage_options))
+        masks = listed(source_path(ref.annotations[0], storage_options))
         objects = sorted(
             (p for p in masks.iterdir() if p.is_dir() and p.name.isdigit()),
             key=lambda p: int(p.name),
@@ -65,11 +77,12 @@ class PngMaskVideo(Video):
             frame_indices=indices,
             masklets=[Masklet("manual", int(obj.name)) for obj in objects],
             areas=areas,
+            storage_options=storage_options,
         )
 
     def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
         for t, index in enumerate(self.frame_indices):
-            path = Path(self.ref.frames) / f"{index:05d}.jpg"
+            path = source_path(self.ref.frames, self.storage_options) / f"{index:05d}.jpg"
             yield t, open_jpeg(path, (self.width, self.height))
 
     def mask(self, t: int, k: int) -> np.ndarray:
@@ -79,17 +92,17 @@ class PngMaskVideo(Video):
         return read_png_mask(path, (self.width, self.height))
 
 
-def discover(src: Path, masklets: str) -> list[VideoRef]:
+def discover(src: Path | RemotePath, masklets: str) -> list[VideoRef]:
     """Every `JPEGImages_24fps/<id>` with a matching `Annotations_6fps/<id>` beside it."""
     if masklets == "auto":
         return []  # val/test have manual masklets only
     refs = []
     roots = [src] if src.name == "JPEGImages_24fps" else []
-    for jpeg_root in sorted(roots + list(src.rglob("JPEGImages_24fps"))):
+    for jpeg_root in sorted_paths([*roots, *src.rglob("JPEGImages_24fps")]):
         annotation_root = jpeg_root.with_name("Annotations_6fps")
         if not annotation_root.is_dir():
             continue
-        for folder in sorted(p for p in jpeg_root.iterdir() if p.is_dir()):
+        for folder in sorted_paths(p for p in jpeg_root.iterdir() if p.is_dir()):
             masks = annotation_root / folder.name
             if masks.is_dir():
                 refs.append(VideoRef(folder.name, "png", str(folder), (str(masks),)))

@@ -7,7 +7,8 @@ one frame is held at a time, whatever the video's length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,20 @@ from PIL import Image
 
 from prebake.errors import SourceError
 from prebake.sources.annotations import FRAME_STRIDE, Annotation, load_annotation
-from prebake.sources.base import Masklet, Video, VideoRef
+from prebake.sources.base import Masklet, Video, VideoRef, source_path
+from prebake.storage import RemotePath, sorted_paths
+
+# Remote videos are read in blocks of this size (one ranged GET each), read ahead as PyAV asks.
+REMOTE_BLOCK_BYTES = 8 * 1024 * 1024
 
 
-def load_annotations(ref: VideoRef) -> list[Annotation]:
+def load_annotations(
+    ref: VideoRef, storage_options: Mapping[str, Any] | None = None
+) -> list[Annotation]:
     """The ref's JSON files (manual and/or auto), checked to describe the same video."""
     loaded = [
-        load_annotation(Path(path), ref.video_id, _masklet_type(path)) for path in ref.annotations
+        load_annotation(source_path(path, storage_options), ref.video_id, _masklet_type(path))
+        for path in ref.annotations
     ]
     first = loaded[0]
     for other in loaded[1:]:
@@ -31,7 +39,8 @@ def load_annotations(ref: VideoRef) -> list[Annotation]:
         if shape != (first.height, first.width, first.frame_count, len(first.rles)):
             raise SourceError(
                 other.path,
-                "size, frame count or annotated frames disagree with " + Path(first.path).name,
+                "size, frame count or annotated frames disagree with "
+                + first.path.rsplit("/", 1)[-1],
             )
     return loaded
 
@@ -43,8 +52,8 @@ def _masklet_type(path: str) -> str:
 class JsonAnnotatedVideo(Video):
     """A video annotated by SA-V JSON files; subclasses say where its frames come from."""
 
-    def __init__(self, ref: VideoRef) -> None:
-        self.annotations = load_annotations(ref)
+    def __init__(self, ref: VideoRef, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.annotations = load_annotations(ref, storage_options)
         first = self.annotations[0]
         masklets = [Masklet(a.masklet_type, i) for a in self.annotations for i in a.masklet_ids]
         self._where = [(a, k) for a in self.annotations for k in range(len(a.masklet_ids))]
@@ -56,6 +65,7 @@ class JsonAnnotatedVideo(Video):
             frame_indices=[FRAME_STRIDE * t for t in range(len(first.rles))],
             masklets=masklets,
             areas=np.concatenate([a.areas for a in self.annotations], axis=1),
+            storage_options=storage_options,
         )
 
     def mask(self, t: int, k: int) -> np.ndarray:
@@ -69,10 +79,11 @@ class Mp4Video(JsonAnnotatedVideo):
         wanted = iter(enumerate(self.frame_indices))
         t, target = next(wanted, (-1, None))
         decoded = 0
-        if Path(path).is_file() and Path(path).stat().st_size == 0:
+        file = source_path(path, self.storage_options)
+        if file.is_file() and file.stat().st_size == 0:
             raise SourceError(path, "cannot decode video (empty file)")
         try:
-            with av.open(path) as container:
+            with self._open_container(path, file) as container:
                 for frame in container.decode(self._open_stream(container)):
                     if frame.is_corrupt:  # concealed damage would be baked as if it were data
                         raise SourceError(path, f"frame {decoded} is corrupt (damaged video data)")
@@ -93,6 +104,21 @@ class Mp4Video(JsonAnnotatedVideo):
                 path, f"video ends after {decoded} frames; annotation needs frame {target}"
             )
 
+    @staticmethod
+    @contextmanager
+    def _open_container(path: str, file: Path | RemotePath) -> Iterator[Any]:
+        """PyAV on the file (local), or on a file object streaming it from the object store."""
+        if isinstance(file, Path):
+            with av.open(path) as container:
+                yield container
+            return
+        try:
+            handle = file.open("rb", block_size=REMOTE_BLOCK_BYTES, cache_type="readahead")
+        except FileNotFoundError:
+            raise SourceError(path, "cannot decode video (No such file or directory)") from None
+        with handle, av.open(handle) as container:
+            yield container
+
     def _open_stream(self, container: Any) -> Any:
         """The video stream, checked against the annotation before any frame is decoded."""
         path = self.ref.frames
@@ -111,10 +137,10 @@ class Mp4Video(JsonAnnotatedVideo):
         return stream
 
 
-def discover(src: Path, masklets: str) -> list[VideoRef]:
+def discover(src: Path | RemotePath, masklets: str) -> list[VideoRef]:
     """Every `<id>.mp4` with a `<id>_manual.json` (and `_auto.json` as `masklets` asks) beside it."""
     refs = []
-    for manual in sorted(src.rglob("*_manual.json")):
+    for manual in sorted_paths(src.rglob("*_manual.json")):
         video_id = manual.name.removesuffix("_manual.json")
         mp4 = manual.with_name(f"{video_id}.mp4")
         if mp4.is_file():
@@ -124,7 +150,7 @@ def discover(src: Path, masklets: str) -> list[VideoRef]:
     return refs
 
 
-def json_files(manual: Path, masklets: str) -> tuple[str, ...]:
+def json_files(manual: Path | RemotePath, masklets: str) -> tuple[str, ...]:
     """The annotation files to read for `masklets` (manual, auto or all); auto is often missing."""
     auto = manual.with_name(manual.name.removesuffix("_manual.json") + "_auto.json")
     files = []

@@ -1,24 +1,34 @@
-"""A store on disk: the Zarr v3 group (arrays, tables, attributes) and, while it is being built,
-the build folder inside it (lock, plan, one record per committed unit, temporary shards)."""
+"""A store: the Zarr v3 group (arrays, tables, attributes) and, while it is being built, the build
+folder inside it (lock, plan, one record per committed unit, temporary shards).
+
+A store is a local folder or an fsspec URL (`prebake.storage`). Local commits are a temporary
+file, fsync and `os.replace`; remote ones are one object PUT each (atomic too). Temporary shards
+of a remote store are local files of the worker that writes them, not objects.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prebake.errors import StoreError
+from prebake.storage import RemotePath, as_path, zarr_store
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, ArraySpec, array_specs, schema_document
 
 BUILD_DIR = ".prebake-build"  # removed once the store is complete
 
 
-def atomic_write_json(path: Path, data: object) -> None:
+def atomic_write_json(path: Path | RemotePath, data: object) -> None:
+    if isinstance(path, RemotePath):  # one PUT: the object appears whole or not at all
+        path.write_bytes(json.dumps(data, separators=(",", ":")).encode())
+        return
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("w") as handle:
         json.dump(data, handle, separators=(",", ":"))
@@ -28,8 +38,10 @@ def atomic_write_json(path: Path, data: object) -> None:
 
 
 class StoreDir:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: str | Path | RemotePath, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.path = as_path(path, storage_options)
         self.build_dir = self.path / BUILD_DIR
         self.lock_path = self.build_dir / "lock"
         self.plan_path = self.build_dir / "plan.json"
@@ -78,7 +90,11 @@ class StoreDir:
         except (OSError, ValueError):
             return None
 
-    def record_path(self, index: int) -> Path:
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.path, RemotePath)
+
+    def record_path(self, index: int) -> Path | RemotePath:
         return self.units_dir / f"{index:07d}.json"
 
     def read_record(self, index: int) -> dict[str, Any] | None:
@@ -89,13 +105,30 @@ class StoreDir:
         except (OSError, ValueError):
             return None  # missing, or torn by a crash: the unit is redone
 
-    def shard_path(self, spec: ArraySpec, shard: int) -> Path:
+    def read_records(self, indices: Iterable[int]) -> dict[int, dict[str, Any] | None]:
+        """`read_record` of many units; a remote store fetches them concurrently (one GET each
+        would take minutes at SA-V's 50 k videos)."""
+        wanted = list(indices)
+        if not isinstance(self.path, RemotePath):
+            return {index: self.read_record(index) for index in wanted}
+        paths = {self.record_path(index).path: index for index in wanted}  # type: ignore[union-attr]
+        fetched = self.path.fs.cat(list(paths), on_error="return") if paths else {}
+        records: dict[int, dict[str, Any] | None] = dict.fromkeys(wanted)
+        for key, data in fetched.items():
+            if isinstance(data, bytes):
+                with contextlib.suppress(ValueError):  # torn: the unit is redone
+                    records[paths[key]] = json.loads(data)
+        return records
+
+    def shard_path(self, spec: ArraySpec, shard: int) -> Path | RemotePath:
         from prebake.store.shard import shard_key
 
         return self.path / shard_key(spec.name, 1 + len(spec.row_shape), shard)
 
     # -- writing ------------------------------------------------------------------------------
     def prepare_build_dir(self) -> None:
+        if self.remote:  # objects need no folders; temporary shards are local to each worker
+            return
         for folder in (self.units_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
         for stale in self.tmp_dir.iterdir():  # temporary shards of a build that died
@@ -116,20 +149,16 @@ class StoreDir:
         (self.path / "zarr.json").unlink(missing_ok=True)
         for child in self.build_dir.iterdir():
             if child.name != self.lock_path.name:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                _remove(child)
         for child in self.path.iterdir():
-            if child.name == BUILD_DIR:
-                continue
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+            if child.name != BUILD_DIR:
+                _remove(child)
 
     def create(self, attrs: dict[str, Any], params: dict[str, Any]) -> None:
         """Create the group and the four data arrays (metadata only: no chunk is written)."""
         import zarr  # here, not at the top: workers never need it and start faster without it
 
-        root = zarr.open_group(self.path, mode="a", zarr_format=3)
+        root = zarr.open_group(zarr_store(self.path, read_only=False), mode="a", zarr_format=3)
         capacity = {"frame_rows": attrs["frame_rows"], "item_rows": attrs["item_rows"]}
         for name in DATA_ARRAYS:
             spec = array_specs()[name]
@@ -152,13 +181,14 @@ class StoreDir:
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         import zarr
 
-        zarr.open_group(self.path, mode="r+", zarr_format=3).attrs.put({"prebake": attrs})
+        root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+", zarr_format=3)
+        root.attrs.put({"prebake": attrs})
 
     def write_tables(self, tables: Iterable[tuple[str, np.ndarray]]) -> None:
         """Write the row tables (1-D arrays, given one at a time) through zarr-python."""
         import zarr
 
-        root = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+", zarr_format=3)
         chunk = schema_document()["table_rows_per_chunk"]
         for name, values in tables:
             spec = array_specs()[name]
@@ -179,4 +209,18 @@ class StoreDir:
                 array[:] = values
 
     def remove_build_dir(self) -> None:
+        if isinstance(self.build_dir, RemotePath):  # the lock object goes last, on release
+            for child in self.build_dir.iterdir():
+                if child.name != self.lock_path.name:
+                    _remove(child)
+            return
         shutil.rmtree(self.build_dir, ignore_errors=True)
+
+
+def _remove(path: Path | RemotePath) -> None:
+    if isinstance(path, RemotePath):
+        path.rmtree()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

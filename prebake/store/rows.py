@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from prebake.errors import StoreError
+from prebake.storage import RemotePath, relative_name
 from prebake.store.layout import StoreDir
 from prebake.store.schema import ArraySpec, ChecksumError, decode_chunk
 from prebake.store.shard import NO_CHUNK, read_index
@@ -33,7 +34,7 @@ class RowReader:
         self.rows_per_shard = rows_per_shard
         self._indexes: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def shard_path(self, row: int) -> Path:
+    def shard_path(self, row: int) -> Path | RemotePath:
         return self.store.shard_path(self.spec, row // self.rows_per_shard)
 
     def _index(self, shard: int) -> np.ndarray:
@@ -56,8 +57,8 @@ class RowReader:
             self._indexes.popitem(last=False)
         return index
 
-    def _relative(self, path: Path) -> str:
-        return str(path.relative_to(self.store.path))
+    def _relative(self, path: Path | RemotePath) -> str:
+        return relative_name(path, self.store.path)
 
     def raw(self, row: int) -> bytes:
         """The row's encoded inner chunk (codecs applied, crc32c at its end)."""

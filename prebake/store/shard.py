@@ -17,6 +17,8 @@ from typing import BinaryIO
 import google_crc32c
 import numpy as np
 
+from prebake.storage import RemotePath
+
 NO_CHUNK = 2**64 - 1
 INDEX_ENTRY_BYTES = 16
 CHECKSUM_BYTES = 4
@@ -41,7 +43,7 @@ def parse_index(tail: bytes | memoryview, chunks_per_shard: int) -> np.ndarray:
     return np.frombuffer(body, dtype="<u8").reshape(chunks_per_shard, 2)
 
 
-def read_index(path: Path, chunks_per_shard: int) -> np.ndarray:
+def read_index(path: Path | RemotePath, chunks_per_shard: int) -> np.ndarray:
     size = index_nbytes(chunks_per_shard)
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
@@ -52,9 +54,10 @@ def read_index(path: Path, chunks_per_shard: int) -> np.ndarray:
 
 
 class ShardWriter:
-    """Writes one shard's inner chunks in order to a temporary file, then renames it into place."""
+    """Writes one shard's inner chunks in order to a local temporary file, then renames it into
+    place (local store) or uploads it as one object (remote store: one PUT is atomic)."""
 
-    def __init__(self, final: Path, temporary: Path, chunks_per_shard: int) -> None:
+    def __init__(self, final: Path | RemotePath, temporary: Path, chunks_per_shard: int) -> None:
         self.final = final
         self.temporary = temporary
         self.index = np.full((chunks_per_shard, 2), NO_CHUNK, dtype="<u8")
@@ -72,6 +75,17 @@ class ShardWriter:
         """Write the index, make the file durable and visible atomically; return its size."""
         body = self.index.tobytes()
         self._file.write(body + struct.pack("<I", google_crc32c.value(body)))
+        if isinstance(self.final, RemotePath):
+            self._file.close()  # no fsync: the upload reads the page cache, the object is durable
+            try:
+                self.final.upload(self.temporary)
+            except OSError:
+                raise
+            except Exception as error:  # a client library's own error: still the store's fault
+                raise OSError(f"upload to {self.final} failed ({error})") from None
+            finally:
+                self.temporary.unlink(missing_ok=True)
+            return self.position + len(body) + CHECKSUM_BYTES
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

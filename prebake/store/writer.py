@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from prebake.store.shard import ShardWriter
 MAX_FINISHING = 2  # shards of one stream waiting for the disk before the stream waits too
 
 _finisher: ThreadPoolExecutor | None = None
+_scratch: Path | None = None
 
 
 def _finisher_thread() -> ThreadPoolExecutor:
@@ -62,7 +65,7 @@ class RowStream:
         try:
             if self._writer is None:
                 final = self.store.shard_path(self.spec, self.next_shard)
-                temporary = self.store.tmp_dir / f"{self.spec.name}.{self.next_shard}.{os.getpid()}"
+                temporary = _temporary_file(self.store, self.spec.name, self.next_shard)
                 self._writer = ShardWriter(final, temporary, self.rows_per_shard)
                 self.next_shard += 1
             self._writer.append(chunk)
@@ -103,6 +106,44 @@ class RowStream:
             self._writer = None
 
 
+def _temporary_file(store: StoreDir, name: str, shard: int) -> Path:
+    """Where a shard is written before it is renamed into place (local) or uploaded (remote)."""
+    if isinstance(store.tmp_dir, Path):
+        return store.tmp_dir / f"{name}.{shard}.{os.getpid()}"
+    return _scratch_file(name, shard)
+
+
+def _scratch_file(name: str, shard: int) -> Path:
+    """A local file for a shard on its way to a remote store, unique even if two threads of
+    this process bake the same unit (a task Dask runs twice)."""
+    global _scratch
+    if _scratch is None:
+        _scratch = (
+            Path(os.environ.get("PREBAKE_SCRATCH") or tempfile.gettempdir()) / "prebake-shards"
+        )
+        _scratch.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(_scratch)
+    return _scratch / f"{name}.{shard}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+
+
+def _remove_orphans(scratch: Path) -> None:
+    """Delete shards left by processes of this machine that died mid-upload (killed workers)."""
+    for entry in scratch.iterdir():
+        parts = entry.name.split(".")
+        if len(parts) == 4 and parts[2].isdigit() and not _alive(int(parts[2])):
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _write_error(store: StoreDir, error: OSError) -> StoreWriteError:
     return StoreWriteError(
         f"{store.path}: cannot write the store ({error.strerror or error}); "
@@ -115,5 +156,4 @@ def remove_shards(
 ) -> None:
     """Delete a unit's shards (after it failed), so the store holds nothing it does not list."""
     for shard in owned_shards(first_row, rows, rows_per_shard):
-        path: Path = store.shard_path(spec, shard)
-        path.unlink(missing_ok=True)
+        store.shard_path(spec, shard).unlink(missing_ok=True)
