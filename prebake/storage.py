@@ -94,6 +94,25 @@ def parse_storage_options(text: str | None) -> StorageOptions:
     return options
 
 
+def read_range(path: Path | RemotePath, offset: int, nbytes: int) -> bytes:
+    """`nbytes` bytes of a file from `offset` (fewer at its end); remote: one ranged GET."""
+    if isinstance(path, RemotePath):
+        return bytes(path.fs.cat_file(path.path, start=offset, end=offset + nbytes))
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(nbytes)
+
+
+def read_tail(path: Path | RemotePath, nbytes: int) -> bytes:
+    """The last `nbytes` bytes of a file (all of it when shorter); remote: one ranged GET."""
+    if isinstance(path, RemotePath):
+        return bytes(path.fs.cat_file(path.path, start=-nbytes))
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - nbytes))
+        return handle.read(nbytes)
+
+
 def sorted_paths(paths: Iterable[Path | RemotePath]) -> list[Path | RemotePath]:
     """Paths in pathlib's order (part by part), local or remote alike."""
     return sorted(paths, key=lambda path: path.parts)
@@ -121,6 +140,7 @@ def list_names(folder: Path | RemotePath) -> list[str]:
 def tree_bytes(folder: Path | RemotePath, skip: str) -> tuple[int, int]:
     """(bytes, files) under `folder`, leaving out any folder named `skip`."""
     if isinstance(folder, RemotePath):
+        folder.fs.invalidate_cache(folder.path)
         sizes = folder.fs.find(folder.path, detail=True)
         kept = [
             info["size"]
@@ -251,8 +271,14 @@ class RemotePath:
         return self
 
     # -- asking ----------------------------------------------------------------------------------
+    def _fresh(self) -> Any:
+        """The filesystem, its cached listings of this path dropped: other processes (workers,
+        another build) write here, and a stale listing would hide their objects."""
+        self.fs.invalidate_cache(self.path)
+        return self.fs
+
     def listed(self) -> RemotePath:
-        found = self.fs.find(self.path, detail=True, withdirs=True)
+        found = self._fresh().find(self.path, detail=True, withdirs=True)
         files = {
             name.rstrip("/"): int(info.get("size") or 0)
             for name, info in found.items()
@@ -261,11 +287,13 @@ class RemotePath:
         folders = {
             name.rstrip("/") for name, info in found.items() if info.get("type") == "directory"
         }
-        for name in files:  # object stores may list no folder objects: derive them from keys
+        derived: set[str] = set()  # object stores list folders partly or not at all: derive
+        for name in files:
             parent = posixpath.dirname(name)
-            while parent and parent not in folders and self._under(parent):
-                folders.add(parent)
+            while parent not in derived and self._under(parent):
+                derived.add(parent)
                 parent = posixpath.dirname(parent)
+        folders |= derived
         if files or folders:
             folders.add(self.path)
         return RemotePath(
@@ -278,29 +306,30 @@ class RemotePath:
     def exists(self) -> bool:
         if self._listing is not None:
             return self.path in self._listing.files or self.path in self._listing.folders
-        return bool(self.fs.exists(self.path))
+        return bool(self._fresh().exists(self.path))
 
     def is_file(self) -> bool:
         if self._listing is not None:
             return self.path in self._listing.files
-        return bool(self.fs.isfile(self.path))
+        return bool(self._fresh().isfile(self.path))
 
     def is_dir(self) -> bool:
         if self._listing is not None:
             return self.path in self._listing.folders
-        return bool(self.fs.isdir(self.path))
+        return bool(self._fresh().isdir(self.path))
 
     def stat(self) -> RemoteStat:
         if self._listing is not None and self.path in self._listing.files:
             return RemoteStat(self._listing.files[self.path])
-        return RemoteStat(int(self.fs.info(self.path)["size"]))
+        return RemoteStat(int(self._fresh().info(self.path)["size"]))
 
     def iterdir(self) -> Iterator[RemotePath]:
         if self._listing is not None:
             names = self._listing.children(self.path)
         else:
             try:
-                names = sorted(name.rstrip("/") for name in self.fs.ls(self.path, detail=False))
+                listing = self._fresh().ls(self.path, detail=False)
+                names = sorted(name.rstrip("/") for name in listing)
             except FileNotFoundError:
                 names = []
         return iter([self._at(name) for name in names if name.rstrip("/") != self.path])
@@ -351,7 +380,7 @@ class RemotePath:
                 raise
 
     def rmtree(self) -> None:
-        if self.fs.exists(self.path):
+        if self._fresh().exists(self.path):
             self.fs.rm(self.path, recursive=True)
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from prebake.errors import StoreError
-from prebake.storage import RemotePath, relative_name
+from prebake.storage import RemotePath, read_range, relative_name
 from prebake.store.layout import StoreDir
 from prebake.store.schema import ArraySpec, ChecksumError, decode_chunk
 from prebake.store.shard import NO_CHUNK, read_index
@@ -67,9 +67,7 @@ class RowReader:
         path = self.store.shard_path(self.spec, shard)
         if offset == NO_CHUNK:
             raise RowError(f"{self.spec.name} row {row}: no chunk in {self._relative(path)}")
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read(nbytes)
+        data = read_range(path, offset, nbytes)
         if len(data) != nbytes:
             raise RowError(
                 f"{self.spec.name} row {row}: chunk runs past the end of {self._relative(path)}"

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import google_crc32c
 import numpy as np
 
-from prebake.storage import RemotePath
+from prebake.storage import RemotePath, read_tail
 
 NO_CHUNK = 2**64 - 1
 INDEX_ENTRY_BYTES = 16
@@ -45,6 +45,11 @@ def parse_index(tail: bytes | memoryview, chunks_per_shard: int) -> np.ndarray:
 
 def read_index(path: Path | RemotePath, chunks_per_shard: int) -> np.ndarray:
     size = index_nbytes(chunks_per_shard)
+    if isinstance(path, RemotePath):  # one ranged GET, no HEAD for the size
+        tail = read_tail(path, size)
+        if len(tail) < size:
+            raise ValueError("shard is shorter than its index")
+        return parse_index(tail, chunks_per_shard)
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         if handle.tell() < size:
