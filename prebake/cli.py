@@ -25,6 +25,17 @@ app = typer.Typer(
 )
 
 Store = Annotated[Path, typer.Argument(help="Path of the prebake store (a Zarr v3 folder).")]
+StoreUrl = Annotated[
+    str,
+    typer.Argument(help="The prebake store: a Zarr v3 folder, or an fsspec URL (s3://bucket/x)."),
+]
+StorageOptionsJson = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-options",
+        help='JSON object passed to fsspec for URLs, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'.',
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -40,15 +51,34 @@ def _human_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
+def _storage_options(text: str | None) -> dict[str, object]:
+    from prebake.storage import parse_storage_options
+
+    try:
+        return parse_storage_options(text)
+    except PrebakeError as error:
+        _fail(str(error))
+
+
 @app.command()
 def build(
-    src: Annotated[Path, typer.Option("--src", help="SA-V source folder (searched recursively).")],
+    src: Annotated[
+        str,
+        typer.Option(
+            "--src", help="SA-V source: a folder or an fsspec URL (searched recursively)."
+        ),
+    ],
     out: Annotated[
-        Path, typer.Option("--out", help="Store to create, or to resume if it is incomplete.")
+        str,
+        typer.Option(
+            "--out",
+            help="Store to create, or to resume if it is incomplete: a folder or an fsspec URL.",
+        ),
     ],
     workers: Annotated[
-        int, typer.Option(help="Worker processes (default: the machine's cores).", min=1)
-    ] = os.cpu_count() or 1,
+        int | None,
+        typer.Option(help="Worker processes (default: the machine's cores).", min=1),
+    ] = None,
     masklets: Annotated[
         str, typer.Option(help="Masklets to bake: manual (as SAM 2 trains), auto or all.")
     ] = "manual",
@@ -70,12 +100,23 @@ def build(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")
     ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Run the videos as Dask tasks: a scheduler address (tcp://host:8786), or local:N for a cluster of N processes on this machine.",
+        ),
+    ] = None,
+    storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Bake every annotated frame and (frame, masklet) item under --src into the store --out."""
     from prebake.build import BuildInterrupted, BuildOptions
     from prebake.build import build as run_build
 
+    if dask is not None and workers is not None:
+        _fail("--workers and --dask exclude each other (size a local cluster with --dask local:N)")
+    options_of_fsspec = _storage_options(storage_options)
     if masklets not in ("manual", "auto", "all"):
         _fail(f"--masklets must be manual, auto or all, not {masklets!r}")
     if layout not in ("auto", "train", "frames", "png"):
@@ -89,7 +130,7 @@ def build(
     options = BuildOptions(
         src=src,
         out=out,
-        workers=workers,
+        workers=workers or os.cpu_count() or 1,
         masklets=masklets,
         layout=layout,
         limit=limit,
@@ -98,6 +139,8 @@ def build(
         items_per_shard=items_per_shard,
         overwrite=overwrite,
         progress=not quiet,
+        storage_options=options_of_fsspec,
+        dask=dask,
     )
     try:
         report = run_build(options)
@@ -126,15 +169,18 @@ def build(
 
 @app.command()
 def verify(
-    store: Store,
+    store: StoreUrl,
     src: Annotated[
-        Path | None,
-        typer.Option("--src", help="Source to re-derive sampled items from, bit for bit."),
+        str | None,
+        typer.Option(
+            "--src", help="Source (folder or URL) to re-derive sampled items from, bit for bit."
+        ),
     ] = None,
     samples: Annotated[
         str, typer.Option(help="Items to re-derive with --src: a number, or 'all'.")
     ] = "16",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Check a store: schema, checksums, value semantics and (with --src) bit-exactness."""
@@ -142,12 +188,14 @@ def verify(
 
     if samples != "all" and not samples.isdigit():
         _fail(f"--samples must be a number or 'all', not {samples!r}")
+    options_of_fsspec = _storage_options(storage_options)
     try:
         report = verify_store(
             store,
             src=src,
             samples=None if samples == "all" else int(samples),
             progress=not (quiet or as_json),
+            storage_options=options_of_fsspec,
         )
     except PrebakeError as error:
         _fail(str(error))
@@ -157,13 +205,16 @@ def verify(
 
 @app.command()
 def info(
-    store: Store, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False
+    store: StoreUrl,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    storage_options: StorageOptionsJson = None,
 ) -> None:
     """Describe a store: counts, failures, arrays, sizes, build parameters and versions."""
     from prebake.info import format_info, store_info
 
+    options_of_fsspec = _storage_options(storage_options)
     try:
-        details = store_info(store)
+        details = store_info(store, options_of_fsspec)
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(details, indent=2) if as_json else format_info(details))

@@ -1,0 +1,178 @@
+"""`prebake build --dask`: a build's units (videos) run as Dask tasks; this process commits.
+
+Imported only when `--dask` is given (distributed is an optional extra: `pip install
+'prebake[dask]'`). The tasks are the plain functions of `prebake.build` (`plan_units`,
+`bake_unit`): each returns a small record and writes only the shards its unit owns, atomically,
+with the same bytes every time. So when a worker dies mid-unit, Dask reruns the unit on another
+worker and the store stays bitwise identical to a one-machine build. The client (this process)
+holds the store's lock, writes every record and commits; workers never commit.
+
+`--dask local:N` starts a LocalCluster of N worker processes with one thread each, bound to
+127.0.0.1, dashboard off; any other value is the address of a running scheduler
+(`tcp://host:8786`), whose workers must have prebake installed and reach the source and store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prebake.build import _sigint_blocked, bake_unit, one_line, tune_memory
+from prebake.errors import PrebakeError
+from prebake.store.plan import UnitPlan
+
+try:
+    import distributed
+    from distributed.diagnostics.plugin import WorkerPlugin
+    from distributed.scheduler import KilledWorker
+except ImportError:  # pragma: no cover - the message is the point
+    raise PrebakeError(
+        "--dask needs the distributed package: pip install 'prebake[dask]'"
+    ) from None
+
+LOCAL_PREFIX = "local:"
+CONNECT_SECONDS = 30
+THREADS_REFRESH_SECONDS = 5.0  # how often the in-flight window follows the cluster's size
+UNITS_PER_THREAD = 2  # units in flight per worker thread: one running, one queued
+
+
+class _TuneMemory(WorkerPlugin):
+    """Each worker process keeps freed frame buffers for the next frame, as local workers do."""
+
+    name = "prebake-tune-memory"
+
+    def setup(self, worker: Any) -> None:
+        tune_memory()
+
+
+def parse_local(address: str) -> int | None:
+    """N of `local:N`, or None for a scheduler address."""
+    if not address.startswith(LOCAL_PREFIX):
+        return None
+    count = address.removeprefix(LOCAL_PREFIX)
+    if not count.isdigit() or int(count) < 1:
+        raise PrebakeError(f"--dask {address}: expected local:N with N >= 1 worker processes")
+    return int(count)
+
+
+class DaskCluster:
+    """A Dask client (and, for `local:N`, the LocalCluster it started) running one build."""
+
+    def __init__(self, address: str) -> None:
+        workers = parse_local(address)
+        self.address = address
+        self.local: Any = None
+        try:
+            if workers is not None:
+                # Started with SIGINT blocked: the cluster's processes inherit the mask, so a
+                # Ctrl-C is this process's alone to handle (it then stops the cluster).
+                with _sigint_blocked():
+                    self.local = distributed.LocalCluster(
+                        n_workers=workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
+                self.client = distributed.Client(self.local)
+            else:
+                self.client = distributed.Client(address, timeout=CONNECT_SECONDS)
+        except (OSError, TimeoutError) as error:
+            raise PrebakeError(
+                f"--dask {address}: cannot reach the Dask scheduler ({one_line(str(error))})"
+            ) from None
+        self.client.register_plugin(_TuneMemory())
+        self._threads = 0
+        self._threads_at = 0.0
+
+    def threads(self) -> int:
+        """Worker threads of the cluster now (refreshed at most every few seconds)."""
+        if time.monotonic() - self._threads_at > THREADS_REFRESH_SECONDS:
+            self._threads = sum(self.client.nthreads().values())
+            self._threads_at = time.monotonic()
+        return self._threads
+
+    def map_in_order(
+        self, function: Callable[..., list[UnitPlan]], batches: list[Any], *args: Any
+    ) -> Iterator[list[UnitPlan]]:
+        """`function(batch, *args)` for every batch as tasks, results in batch order."""
+        futures = [
+            self.client.submit(function, batch, *args, pure=False, key=f"plan-{i}-{_token()}")
+            for i, batch in enumerate(batches)
+        ]
+        try:
+            for future, batch in zip(futures, batches, strict=True):
+                try:
+                    yield self._result(future, "planning")
+                except KilledWorker:
+                    first = batch[0][1].frames
+                    raise PrebakeError(
+                        f"{first}: Dask workers died planning this video or the {len(batch) - 1} "
+                        "after it; find the one that crashes and leave it out with --videos"
+                    ) from None
+        finally:
+            self.client.cancel(futures)
+
+    def bake(
+        self,
+        queue: deque[UnitPlan],
+        job: Callable[[UnitPlan], tuple[Any, ...]],
+        done: Callable[[UnitPlan, dict[str, Any] | None], None],
+    ) -> None:
+        """Run `bake_unit(*job(unit))` for every unit of `queue` (taken in order), a bounded
+        number in flight; `done(unit, record)` as each finishes, with None for a unit Dask gave
+        up on because its worker died every time (KilledWorker)."""
+        in_flight: dict[Any, tuple[Any, UnitPlan]] = {}  # by task key
+        finished = distributed.as_completed(loop=self.client.loop)
+
+        def submit_more() -> None:
+            limit = UNITS_PER_THREAD * max(1, self.threads())
+            while queue and len(in_flight) < limit:
+                unit = queue.popleft()
+                future = self.client.submit(
+                    bake_unit, *job(unit), pure=False, key=f"bake-{unit.video_id}-{_token()}"
+                )
+                in_flight[future.key] = (future, unit)
+                finished.add(future)
+
+        submit_more()
+        try:
+            for future in finished:
+                _, unit = in_flight.pop(future.key)
+                try:
+                    record: dict[str, Any] | None = self._result(future, unit.frames)
+                except KilledWorker:
+                    record = None
+                done(unit, record)
+                submit_more()
+        finally:
+            if in_flight:
+                self.client.cancel([future for future, _ in in_flight.values()])
+
+    def _result(self, future: Any, what: str) -> Any:
+        try:
+            return future.result()
+        except (PrebakeError, KilledWorker):  # the store's fault (StoreWriteError), or a death
+            raise
+        except Exception as error:  # a worker without prebake, a lost scheduler...
+            raise PrebakeError(
+                f"{what}: a Dask task failed ({type(error).__name__}: {one_line(str(error))}); "
+                "do the workers have this prebake installed and reach the source and store?"
+            ) from None
+        finally:
+            future.release()
+
+    def close(self, *, kill: bool) -> None:
+        """Disconnect (tasks of this build still queued are dropped); stop a local cluster."""
+        self.client.close()
+        if self.local is not None:
+            self.local.close()
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:8]
