@@ -497,6 +497,8 @@ class _Builder:
             if attrs["state"] == "complete":
                 self._finished = True
                 return _report_from_attrs(store.path, attrs, already_complete=True)
+        if options.dask is not None:
+            self.cluster()  # an unreachable scheduler stops the build before it writes anything
         plan = store.read_plan() if attrs is not None else None
         if plan is None or plan["settings"] != settings:
             self.phase = "planning"

@@ -15,13 +15,15 @@ holds the store's lock, writes every record and commits; workers never commit.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prebake.build import _sigint_blocked, bake_unit, one_line, tune_memory
+from prebake.build import bake_unit, one_line, tune_memory
 from prebake.errors import PrebakeError
 from prebake.store.plan import UnitPlan
 
@@ -35,6 +37,7 @@ except ImportError:  # pragma: no cover - the message is the point
     ) from None
 
 LOCAL_PREFIX = "local:"
+LOOPBACK = "127.0.0.1"  # a local cluster listens on nothing else
 CONNECT_SECONDS = 30
 THREADS_REFRESH_SECONDS = 5.0  # how often the in-flight window follows the cluster's size
 UNITS_PER_THREAD = 2  # units in flight per worker thread: one running, one queued
@@ -47,6 +50,17 @@ class _TuneMemory(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         tune_memory()
+
+
+class _IgnoreCtrlC(WorkerPlugin):
+    """Workers of a local cluster ignore SIGINT: a Ctrl-C reaches the whole process group, and
+    is the client's alone to handle (it stops the cluster), as with local worker processes."""
+
+    name = "prebake-ignore-ctrl-c"
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def parse_local(address: str) -> int | None:
@@ -68,18 +82,18 @@ class DaskCluster:
         self.local: Any = None
         try:
             if workers is not None:
-                # Started with SIGINT blocked: the cluster's processes inherit the mask, so a
-                # Ctrl-C is this process's alone to handle (it then stops the cluster).
-                with _sigint_blocked():
-                    self.local = distributed.LocalCluster(
-                        n_workers=workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        host="127.0.0.1",
-                        dashboard_address=None,
-                        silence_logs=logging.ERROR,
-                    )
+                self.local = distributed.LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host=LOOPBACK,
+                    dashboard_address=None,  # no dashboard; the scheduler's health and
+                    # metrics server still starts: on loopback, on any free port
+                    scheduler_kwargs={"dashboard_address": f"{LOOPBACK}:0"},
+                    silence_logs=logging.ERROR,
+                )
                 self.client = distributed.Client(self.local)
+                self.client.register_plugin(_IgnoreCtrlC())
             else:
                 self.client = distributed.Client(address, timeout=CONNECT_SECONDS)
         except (OSError, TimeoutError) as error:

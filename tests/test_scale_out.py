@@ -325,6 +325,24 @@ def test_storage_options_and_urls_errors_are_one_line(tmp_path: Path) -> None:
         bad_json.stderr.count("\n") == 1
         and "--storage-options is not valid JSON" in bad_json.stderr
     )
+    no_workers = subprocess.run(
+        [
+            *CLI,
+            "build",
+            "--src",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "s.zarr"),
+            "--dask",
+            "local:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert no_workers.returncode == 2 and no_workers.stderr.count("\n") == 1
+    assert "expected local:N with N >= 1" in no_workers.stderr
+    assert not (tmp_path / "s.zarr").exists()
     unknown = subprocess.run(
         [*CLI, "build", "--src", "nosuchproto://x/y", "--out", str(tmp_path / "s.zarr"), "-q"],
         capture_output=True,
@@ -494,6 +512,39 @@ def test_dask_worker_killed_mid_unit(dask_src: Path, dask_reference: Path, tmp_p
     assert_same_store(out, dask_reference)
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
     assert attrs["failures"] == []
+
+
+def test_dask_ctrl_c_stops_cleanly_and_resumes(
+    dask_src: Path, dask_reference: Path, tmp_path: Path
+) -> None:
+    """A Ctrl-C reaches the client and the local cluster's workers (one process group): one
+    line, exit 130, the cluster stopped; the same command resumes to an identical store."""
+    out = tmp_path / "store.zarr"
+    args = [*CLI, "build", "--src", str(dask_src), "--out", str(out), "--dask", "local:2", "-q"]
+    process = subprocess.Popen(
+        [*args, *SHARD_ARGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not records(out):
+        assert process.poll() is None and time.monotonic() < deadline, "no unit was committed"
+        time.sleep(0.01)
+    workers = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], stderr
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "the cluster's processes outlived the build"
+        time.sleep(0.05)
+    again = subprocess.run([*args, *SHARD_ARGS], capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert_same_store(out, dask_reference)
 
 
 def test_without_dask_nothing_of_dask_is_imported(tmp_path: Path) -> None:
