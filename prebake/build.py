@@ -23,7 +23,13 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +67,7 @@ MAX_REASON_CHARS = 300  # a failure reason is one line of a report, not a dump
 PLAN_BATCH = 16  # videos per planning task: parsing one JSON is quick, a task round trip is not
 PROMPT_CELLS_DTYPE = "<i2"  # cells on in a 16 x 16 prompt grid, as the items table stores them
 PLAN_INLINE = 64  # up to this many videos are planned here, while the workers start
+RECORD_WRITERS = 16  # records PUT at once to a remote store
 
 
 class BuildInterrupted(PrebakeError):
@@ -426,6 +433,44 @@ class _WorkerPool:
         self.progress_queue.join_thread()
 
 
+class _RecordWriter:
+    """Writes the units' records: here, one at a time (a local write takes microseconds); to a
+    remote store, RECORD_WRITERS at a time, since one PUT takes tens of milliseconds and a big
+    cluster finishes hundreds of units a second. `close` waits for them all (the commit reads
+    them back) and raises the first error."""
+
+    def __init__(self, store: StoreDir) -> None:
+        self.store = store
+        self.pending: list[Future[None]] = []
+        self.executor = None
+        if store.remote:
+            self.executor = ThreadPoolExecutor(RECORD_WRITERS, thread_name_prefix="prebake-records")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.executor is None:
+            self.store.write_record(record)
+            return
+        self.pending.append(self.executor.submit(self.store.write_record, record))
+        if len(self.pending) > 4 * RECORD_WRITERS:  # collect finished writes, surface errors
+            self.pending = [future for future in self.pending if not _finished(future)]
+
+    def close(self, *, check: bool = True) -> None:
+        if self.executor is None:
+            return
+        self.executor.shutdown(wait=True)
+        pending, self.pending = self.pending, []
+        for future in pending:
+            if check:
+                future.result()
+
+
+def _finished(future: Future[None]) -> bool:
+    if not future.done():
+        return False
+    future.result()  # raises the write's error
+    return True
+
+
 class _Builder:
     """One run of `build` on a locked store: plan (or read the plan), bake, commit."""
 
@@ -607,11 +652,12 @@ class _Builder:
             smoothing=0.05,
         )
         failed = 0
+        records = _RecordWriter(self.store)
 
         def commit_record(record: dict[str, Any]) -> None:
             nonlocal failed
             self.lock.check()  # a remote lock taken over by another build: commit nothing more
-            self.store.write_record(record)
+            records.write(record)
             self.committed += 1
             failed += record["status"] != "ok"
             bar.set_postfix_str(f"videos {self.committed}/{self.planned}, failed {failed}")
@@ -629,8 +675,10 @@ class _Builder:
                     )
                 for unit in suspects:
                     commit_record(self._bake_alone(params, unit, bar))
+            records.close()
         finally:
             bar.close()
+            records.close(check=False)  # stopped by an error or Ctrl-C: let that one through
 
     def _bake_in_pool(
         self,

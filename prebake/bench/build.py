@@ -6,7 +6,8 @@ Measured in one run on the same videos:
   resizes of each annotated frame, and each item's RLE decode, mask resize and prompt grid;
   nothing is encoded or written;
 - `prebake build` with 1 and with 2 workers, each a fresh command (wall time of the whole
-  command: start-up, planning, baking, commit), frames/s;
+  command: start-up, planning, baking, commit), frames/s; and, when distributed is installed,
+  with `--dask local:2` (a Dask LocalCluster of two worker processes, started by the command);
 - peak RSS of the whole build (the command and every process it starts), sampled from /proc;
   each process's own peak (VmHWM) is kept, and their sum (an upper bound of the tree's peak,
   as if every process peaked at once) is what the target checks. Measured with 2 workers on
@@ -18,6 +19,7 @@ The throughput videos are `src` when it holds enough annotated frames, otherwise
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -78,6 +80,9 @@ def bench_build(src: Path) -> dict[str, Any]:
         bare, bare_cpu = bare_compute(throughput_src)
         one = run_build(throughput_src, work / "one.zarr", workers=1)
         two = run_build(throughput_src, work / "two.zarr", workers=2)
+        dask = None
+        if importlib.util.find_spec("distributed") is not None:
+            dask = run_build(throughput_src, work / "dask.zarr", workers=2, dask="local:2")
         if synthetic:
             short = two  # the same 2-worker build on short 720p videos
         else:
@@ -85,7 +90,7 @@ def bench_build(src: Path) -> dict[str, Any]:
             short = run_build(work / "short", work / "short.zarr", workers=2)
         write_synthetic(work / "long", 2, LONG_FRAMES)
         long = run_build(work / "long", work / "long.zarr", workers=2)
-    return {
+    results: dict[str, Any] = {
         "source": "synthetic 1280x720" if synthetic else str(src),
         "videos": videos,
         "frames": frames,
@@ -116,6 +121,11 @@ def bench_build(src: Path) -> dict[str, Any]:
         },
         "targets": TARGETS,
     }
+    if dask is not None:
+        results["frames_per_s"]["dask_local_2"] = frames / dask.seconds
+        results["cores_used"]["dask_local_2"] = dask.cpu_seconds / dask.seconds
+        results["cpu_ms_per_frame"]["dask_local_2"] = 1000 * dask.cpu_seconds / frames
+    return results
 
 
 def format_build(results: dict[str, Any]) -> list[str]:
@@ -128,6 +138,15 @@ def format_build(results: dict[str, Any]) -> list[str]:
         f"  {'bare compute (decode, resizes, masks)':38s} {speed['bare_compute']:9.1f} frames/s",
         f"  {'prebake build --workers 1':38s} {speed['workers_1']:9.1f} frames/s",
         f"  {'prebake build --workers 2':38s} {speed['workers_2']:9.1f} frames/s",
+    ]
+    if "dask_local_2" in speed:
+        lines.append(
+            f"  {'prebake build --dask local:2':38s} {speed['dask_local_2']:9.1f} frames/s "
+            f"({speed['dask_local_2'] / speed['workers_2']:.2f} x --workers 2; CPU ms per frame "
+            f"{results['cpu_ms_per_frame']['dask_local_2']:.1f}, cores used "
+            f"{results['cores_used']['dask_local_2']:.2f})"
+        )
+    lines += [
         "  CPU ms per frame: bare {bare_compute:.1f}, 1 worker {workers_1:.1f}, "
         "2 workers {workers_2:.1f}".format(**results["cpu_ms_per_frame"])
         + "; cores used: 1 worker {workers_1:.2f}, 2 workers {workers_2:.2f}".format(
@@ -238,10 +257,12 @@ class BuildRun:
         }
 
 
-def run_build(src: Path, out: Path, *, workers: int) -> BuildRun:
-    """Run `prebake build` as its own command, sampling the memory of its process tree."""
+def run_build(src: Path, out: Path, *, workers: int, dask: str | None = None) -> BuildRun:
+    """Run `prebake build` as its own command, sampling the memory of its process tree;
+    with `dask` (`local:N`), on a Dask LocalCluster the command starts instead of its pool."""
     command = [sys.executable, "-c", "from prebake.cli import main; main()", "build"]
-    command += ["--src", str(src), "--out", str(out), "--workers", str(workers)]
+    command += ["--src", str(src), "--out", str(out)]
+    command += ["--dask", dask] if dask is not None else ["--workers", str(workers)]
     command += ["--masklets", "all", "--overwrite", "-q"]
     peaks: dict[int, int] = {}
     tree = 0
