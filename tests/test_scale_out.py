@@ -270,6 +270,10 @@ def test_s3_build_read_verify_equal_to_local(
     clips = PrebakedDataset(url, clip_len=3, storage_options=s3.options)
     assert_same_items(clips, PrebakedDataset(local_reference, clip_len=3), step=11)
 
+    subset = torch.utils.data.Subset(remote, range(0, len(remote), 9))  # pickled to workers
+    loader = torch.utils.data.DataLoader(subset, batch_size=2, num_workers=2)
+    assert sum(len(batch["masks"]) for batch in loader) == len(subset)
+
     checked = verify_store(
         url, src=remote_src, samples=24, progress=False, storage_options=s3.options
     )
@@ -351,6 +355,45 @@ def test_storage_options_and_urls_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert unknown.returncode == 2
     assert unknown.stderr.count("\n") == 1 and "nosuchproto://x/y" in unknown.stderr
+
+
+def test_s3_build_killed_then_resumed(
+    s3: S3, remote_src: str, local_reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of a build into S3: its lock object is left behind, fresh, and refuses the next
+    build until it is stale; then it is taken over and the build resumes its records."""
+    url = "s3://stores/resumed.zarr"
+    prefix = url.removeprefix("s3://")
+    args = ["build", "--src", remote_src, "--out", url, "--workers", "1", "-q", *SHARD_ARGS]
+    process = subprocess.Popen(
+        [*CLI, *args, "--storage-options", s3.options_json],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(s3.fs.find(f"{prefix}/{BUILD_DIR}/units", refresh=True)) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "no units committed"
+        time.sleep(0.05)
+    process.kill()
+    process.communicate()
+    committed = len(s3.fs.find(f"{prefix}/{BUILD_DIR}/units", refresh=True))
+    options = BuildOptions(
+        src=remote_src,
+        out=url,
+        masklets="all",
+        progress=False,
+        storage_options=s3.options,
+        **SHARDS,  # type: ignore[arg-type]
+    )
+    with pytest.raises(StoreError, match="another build is writing this store"):
+        build(options)
+    monkeypatch.setattr(lock_module, "STALE_SECONDS", 1.0)
+    monkeypatch.setattr(lock_module, "SETTLE_SECONDS", 0.05)
+    time.sleep(1.0)
+    report = build(options)
+    assert report.resumed == committed >= 2  # the records of the killed build are kept
+    assert_same_remote_store(s3, url, local_reference)
 
 
 # -- the lock of a remote store ------------------------------------------------------------------
