@@ -720,8 +720,8 @@ class _Builder:
         commit_record: Callable[[dict[str, Any]], None],
     ) -> None:
         """Bake every unit of `queue` as a Dask task. Dask reruns a unit whose worker died on
-        another worker; after `distributed.scheduler.allowed-failures` deaths (3 by default) it
-        gives up on it, and that video is recorded as failed, as a local build does."""
+        another worker; a unit whose workers keep dying, even when it runs alone, is recorded
+        as failed, as a local build does (see `DaskCluster.bake`)."""
 
         def done(unit: UnitPlan, record: dict[str, Any] | None) -> None:
             commit_record(self._worker_died(unit, params) if record is None else record)

@@ -139,13 +139,33 @@ class DaskCluster:
         done: Callable[[UnitPlan, dict[str, Any] | None], None],
     ) -> None:
         """Run `bake_unit(*job(unit))` for every unit of `queue` (taken in order), a bounded
-        number in flight; `done(unit, record)` as each finishes, with None for a unit Dask gave
-        up on because its worker died every time (KilledWorker)."""
+        number in flight; `done(unit, record)` as each finishes.
+
+        Dask reruns a unit whose worker died; after `distributed.scheduler.allowed-failures`
+        deaths it gives up (KilledWorker). Units queued on a dying worker count those deaths
+        too, so a unit given up is retried at the end, alone on the cluster: only if its worker
+        dies then as well is it the video's fault, and `done(unit, None)` records it as failed
+        (as a local build does)."""
+        suspects = self._run(queue, job, done, UNITS_PER_THREAD)
+        for unit in suspects:
+            if self._run(deque([unit]), job, done, 0):  # given up again, alone this time
+                done(unit, None)
+
+    def _run(
+        self,
+        queue: deque[UnitPlan],
+        job: Callable[[UnitPlan], tuple[Any, ...]],
+        done: Callable[[UnitPlan, dict[str, Any] | None], None],
+        per_thread: int,
+    ) -> list[UnitPlan]:
+        """Bake `queue` with `per_thread` units in flight per worker thread (0: one unit in
+        all); return the units Dask gave up on."""
         in_flight: dict[Any, tuple[Any, UnitPlan]] = {}  # by task key
         finished = distributed.as_completed(loop=self.client.loop)
+        given_up: list[UnitPlan] = []
 
         def submit_more() -> None:
-            limit = UNITS_PER_THREAD * max(1, self.threads())
+            limit = max(1, per_thread * self.threads())
             while queue and len(in_flight) < limit:
                 unit = queue.popleft()
                 future = self.client.submit(
@@ -159,14 +179,16 @@ class DaskCluster:
             for future in finished:
                 _, unit = in_flight.pop(future.key)
                 try:
-                    record: dict[str, Any] | None = self._result(future, unit.frames)
+                    record = self._result(future, unit.frames)
                 except KilledWorker:
-                    record = None
-                done(unit, record)
+                    given_up.append(unit)
+                else:
+                    done(unit, record)
                 submit_more()
         finally:
             if in_flight:
                 self.client.cancel([future for future, _ in in_flight.values()])
+        return given_up
 
     def _result(self, future: Any, what: str) -> Any:
         try:
@@ -182,7 +204,8 @@ class DaskCluster:
             future.release()
 
     def close(self, *, kill: bool) -> None:
-        """Disconnect (tasks of this build still queued are dropped); stop a local cluster."""
+        """Disconnect (this build's queued tasks are dropped) and stop a local cluster (its
+        workers with it); `kill` asks nothing more of Dask."""
         self.client.close()
         if self.local is not None:
             self.local.close()

@@ -5,7 +5,8 @@ runs exactly as before (memory maps, flock, `os.replace` commits). Any other URL
 key`, `gs://...`, `memory://...`) becomes a `RemotePath`: the few `pathlib` methods prebake
 uses (join, name, open, read, list, exists, unlink), answered by fsspec. Code that only reads
 and lists (sources, verify, info) therefore runs unchanged on both; the places where local and
-remote must differ (commits, shard uploads, the lock, memory-mapped reads) ask `is_remote`.
+remote must differ (commits, shard uploads, the lock, memory-mapped reads) ask
+`isinstance(path, RemotePath)`.
 
 fsspec is imported only for URLs. Storage options (endpoint, credentials) travel beside a path,
 never inside a plan, a record or a store's attributes.
@@ -56,10 +57,6 @@ def as_path(
     except (ValueError, TypeError) as error:  # unknown protocol, bad storage options
         raise PrebakeError(f"{text}: {' '.join(str(error).split())}") from None
     return RemotePath(fs, path, options)
-
-
-def is_remote(path: Path | RemotePath) -> bool:
-    return isinstance(path, RemotePath)
 
 
 def listed(path: Path | RemotePath) -> Path | RemotePath:

@@ -5,6 +5,7 @@ is mocked, and nothing may listen on anything but 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,8 @@ from prebake.reader import PrebakedDataset
 from prebake.store import lock as lock_module
 from prebake.store.layout import BUILD_DIR
 from prebake.store.lock import RemoteStoreLock
+from prebake.store.plan import UnitPlan
+from prebake.store.schema import DATA_ARRAYS
 from prebake.verify import verify_store
 
 CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]
@@ -555,6 +558,61 @@ def test_dask_worker_killed_mid_unit(dask_src: Path, dask_reference: Path, tmp_p
     assert_same_store(out, dask_reference)
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
     assert attrs["failures"] == []
+
+
+def test_dask_unit_whose_worker_always_dies_is_recorded_failed(
+    dask_src: Path, dask_reference: Path, tmp_path: Path
+) -> None:
+    """A video whose worker is killed each time it runs (as a decoder crash would) is recorded
+    as failed once it died alone too; the units that only shared its worker are baked."""
+    out = tmp_path / "store.zarr"
+    # Dask gives up on a unit at its first death here, so units merely queued beside the
+    # victim are given up too: they must survive their retry alone.
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    args = [*CLI, "build", "--src", str(dask_src), "--out", str(out), "--dask", "local:2", "-q"]
+    process = subprocess.Popen(
+        [*args, *SHARD_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    plan = out / BUILD_DIR / "plan.json"
+    deadline = time.monotonic() + 120
+    while not plan.is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "no plan was written"
+        time.sleep(0.01)
+    units = [UnitPlan.from_json(unit) for unit in json.loads(plan.read_text())["units"]]
+    victim = max(units, key=lambda unit: len(unit.frame_indices))  # baked first
+    first = victim.frame_row // SHARDS["frames_per_shard"]
+    shards = range(first, first + len(victim.frame_indices) // SHARDS["frames_per_shard"] + 1)
+    kills = 0
+    while process.poll() is None:  # kill any worker writing an image shard of the victim
+        temporary = out / BUILD_DIR / "tmp"
+        for name in os.listdir(temporary) if temporary.is_dir() else []:
+            match = re.fullmatch(r"g_pixel_values\.(\d+)\.(\d+)", name)
+            if match and int(match[1]) in shards and int(match[2]) in descendants(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(match[2]), signal.SIGKILL)
+                    kills += 1
+        time.sleep(0.002)
+    _, stderr = process.communicate()
+    assert process.returncode == 1, stderr
+    assert kills >= 2, "the victim was meant to be killed in the crowd, then alone"
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
+    assert [failure["video_id"] for failure in attrs["failures"]] == [victim.video_id]
+    assert "the worker process baking this video died" in attrs["failures"][0]["reason"]
+    assert f"  {victim.video_id}: " in stderr and "Traceback" not in stderr
+
+    # Every other video's shards are the reference's, bytes and all; the victim left none.
+    def shards(store: Path) -> set[Path]:
+        return {
+            p.relative_to(store)
+            for name in DATA_ARRAYS
+            for p in (store / name / "c").rglob("*")
+            if p.is_file()
+        }
+
+    stored, reference = shards(out), shards(dask_reference)
+    assert stored and stored < reference
+    for relative in stored:
+        assert (out / relative).read_bytes() == (dask_reference / relative).read_bytes(), relative
 
 
 def test_dask_ctrl_c_stops_cleanly_and_resumes(
