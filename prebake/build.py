@@ -54,7 +54,13 @@ from prebake.storage import (
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.lock import RemoteStoreLock, StoreLock
 from prebake.store.plan import UnitPlan, assign_rows, decode_ints, encode_ints, items_of
-from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, SCHEMA_VERSION, array_specs
+from prebake.store.schema import (
+    DATA_ARRAYS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    array_specs,
+    table_columns,
+)
 from prebake.store.writer import RowStream, StoreWriteError, remove_shards
 from prebake.versions import library_versions
 
@@ -592,6 +598,12 @@ class _Builder:
                 )
             )
         )
+        if not refs:  # a wrong --src would otherwise give an empty store and exit 0
+            raise StoreError(
+                f"{self.src}: no SA-V videos found with --layout {options.layout} and "
+                f"--masklets {options.masklets} (looked for <id>.mp4 + <id>_manual.json, "
+                "<id>/00000.jpg + <id>_manual.json, JPEGImages_24fps/ + Annotations_6fps/)"
+            )
         units: list[UnitPlan] = []
         with tqdm(
             total=len(refs), desc="planning", unit="video", disable=not options.progress
@@ -870,31 +882,6 @@ def _commit(
     return _report_from_attrs(store.path, attrs, resumed=resumed, seconds=finished - started)
 
 
-ITEM_TABLE_COLUMNS = (
-    "frame_row",
-    "mask_row",
-    "video",
-    "frame_index",
-    "masklet_id",
-    "masklet_type",
-    "area",
-    "prompt_cells",
-)
-VIDEO_TABLE_COLUMNS = (
-    "video_id",
-    "layout",
-    "source",
-    "status",
-    "width",
-    "height",
-    "frame_count",
-    "frame_row",
-    "frames",
-    "item_row",
-    "items",
-)
-
-
 def make_tables(
     units: list[UnitPlan], records: list[dict[str, Any]], frame_rows: int, source_root: str
 ) -> Iterator[tuple[str, np.ndarray]]:
@@ -914,12 +901,12 @@ def make_tables(
             rows = slice(unit.frame_row, unit.frame_row + len(unit.frame_indices))
             column[rows] = row if key == "video" else unit.frame_indices
         yield f"frames/{key}", column
-    for key in ITEM_TABLE_COLUMNS:
+    for key in table_columns("items"):
         dtype = specs[f"items/{key}"].numpy_dtype
         parts = [_item_column(key, *entry).astype(dtype, copy=False) for entry in baked]
         yield f"items/{key}", np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     ok = {row for row, _, _ in baked}
-    for key in VIDEO_TABLE_COLUMNS:
+    for key in table_columns("videos"):
         values = [_video_value(key, unit, row in ok, source_root) for row, unit in enumerate(units)]
         yield f"videos/{key}", np.array(values, dtype=specs[f"videos/{key}"].numpy_dtype)
 

@@ -22,7 +22,7 @@ from prebake import transforms
 from prebake.errors import PrebakeError, StoreError
 from prebake.store.layout import StoreDir
 from prebake.store.rows import RowReader
-from prebake.store.schema import DATA_ARRAYS, array_specs
+from prebake.store.schema import DATA_ARRAYS, array_specs, table_columns
 
 G_SIDE = transforms.G_SIZE  # left panel side at full scale
 PIXEL_ZOOM = 2  # the 448 image is repeated 2x: both panels about the same height
@@ -33,16 +33,6 @@ MASK_COLOR = (255, 40, 200)  # magenta: rare in natural scenes
 MASK_ALPHA = 0.45
 PROMPT_COLOR = (255, 210, 0)
 BACKGROUND = (24, 24, 24)
-ITEM_COLUMNS = (
-    "frame_row",
-    "mask_row",
-    "video",
-    "frame_index",
-    "masklet_id",
-    "masklet_type",
-    "area",
-    "prompt_cells",
-)
 VIDEO_COLUMNS = ("video_id", "width", "height", "frame_row")
 
 
@@ -74,7 +64,7 @@ def _open(path: Path) -> _Store:
     try:
         items = {
             name: np.asarray(zarr.open_array(path / "items" / name, mode="r")[...])
-            for name in ITEM_COLUMNS
+            for name in table_columns("items")
         }
         videos = {
             name: np.asarray(zarr.open_array(path / "videos" / name, mode="r")[...])

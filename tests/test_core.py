@@ -321,3 +321,18 @@ def test_real_h264_video_decodes_bit_exactly(tmp_path: Path) -> None:
     frames, items = expected_items(src, "train", ("manual",))
     assert len(frames) == 73 and len(items) == len(annotated)
     assert_store_matches(store, frames, items)
+
+
+def test_a_source_without_videos_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from prebake.cli import app
+
+    (tmp_path / "src").mkdir()
+    result = CliRunner().invoke(
+        app, ["build", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "s.zarr"), "-q"]
+    )
+    assert result.exit_code == 2
+    assert "no SA-V videos found" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.zarr").exists()

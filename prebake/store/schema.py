@@ -83,6 +83,11 @@ def array_specs() -> dict[str, ArraySpec]:
     return specs
 
 
+def table_columns(group: str) -> tuple[str, ...]:
+    """The columns of one row table ("frames", "items" or "videos"), in schema order."""
+    return tuple(name.split("/")[1] for name in array_specs() if name.startswith(f"{group}/"))
+
+
 def encode_chunk(spec: ArraySpec, row: np.ndarray) -> bytes:
     """One inner chunk (a row) encoded with the array's codecs, exactly as zarr-python would."""
     if row.shape != spec.row_shape or row.dtype != spec.numpy_dtype:
