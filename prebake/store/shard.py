@@ -70,10 +70,15 @@ class ShardWriter:
         self.count = 0
         self._file: BinaryIO = temporary.open("wb")
 
-    def append(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self.index[self.count] = (self.position, len(chunk))
-        self.position += len(chunk)
+    def append(self, *parts: bytes | np.ndarray) -> None:
+        """Append the next inner chunk, given as one or more consecutive byte buffers."""
+        nbytes = 0
+        for part in parts:
+            buffer = part.data if isinstance(part, np.ndarray) else part
+            self._file.write(buffer)
+            nbytes += len(buffer) if isinstance(buffer, bytes) else buffer.nbytes
+        self.index[self.count] = (self.position, nbytes)
+        self.position += nbytes
         self.count += 1
 
     def close(self) -> int:

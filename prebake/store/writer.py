@@ -18,7 +18,7 @@ import numpy as np
 
 from prebake.errors import StoreError
 from prebake.store.layout import StoreDir
-from prebake.store.schema import ArraySpec, encode_chunk
+from prebake.store.schema import ArraySpec, encode_chunk_parts
 from prebake.store.shard import ShardWriter
 
 MAX_FINISHING = 2  # shards of one stream waiting for the disk before the stream waits too
@@ -61,14 +61,14 @@ class RowStream:
         self._finishing: list[Future[int]] = []
 
     def append(self, row: np.ndarray) -> None:
-        chunk = encode_chunk(self.spec, row)
+        parts = encode_chunk_parts(self.spec, row)
         try:
             if self._writer is None:
                 final = self.store.shard_path(self.spec, self.next_shard)
                 temporary = _temporary_file(self.store, self.spec.name, self.next_shard)
                 self._writer = ShardWriter(final, temporary, self.rows_per_shard)
                 self.next_shard += 1
-            self._writer.append(chunk)
+            self._writer.append(*parts)
         except OSError as error:
             raise _write_error(self.store, error) from None
         if self._writer.count == self.rows_per_shard:
