@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from prebake.build import BuildOptions, build
-from prebake.demo import write_sample
+from prebake.demo import SampleObject, SampleVideo, write_sample
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_SAV = SHARED / "fixtures" / "sav_real"
 REAL_VIDEO = SHARED / "fixtures" / "real_video" / "01_dog.mp4"
+CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]  # the command, in a subprocess
+
+
+def cli_build(
+    src: Path, out: Path, *extra: str, workers: int, frames_per_shard: int, items_per_shard: int
+) -> list[str]:
+    """A quiet `prebake build` command line with every masklet and the given shard sizes."""
+    return [
+        *CLI, "build", "--src", str(src), "--out", str(out), "--workers", str(workers), "--masklets", "all",
+        "--frames-per-shard", str(frames_per_shard), "--items-per-shard", str(items_per_shard), "-q", *extra,
+    ]  # fmt: skip
+
+
+def three_object_videos(
+    prefix: str, width: int, height: int, first_length: int, step: int
+) -> list[SampleVideo]:
+    """Six videos of unequal lengths, each with two manual masklets and one auto."""
+    disc = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.15)
+    box = SampleObject("manual", "box", (40, 200, 90), (0.6, 0.6), (-0.008, -0.006), 0.12)
+    auto = SampleObject("auto", "box", (30, 80, 220), (0.35, 0.45), (0.009, 0.003), 0.2)
+    return [
+        SampleVideo(f"{prefix}{i:02d}", width, height, first_length + step * i, (disc, box, auto))
+        for i in range(6)
+    ]
 
 
 def build_store(src: Path, out: Path, **options: object) -> Path:

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import zarr
+from conftest import cli_build
 from PIL import Image
 
 from prebake.demo import SampleObject, SampleVideo, write_video
@@ -23,7 +23,6 @@ from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.schema import DATA_ARRAYS, array_specs
 from prebake.store.writer import owned_shards
 
-CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]
 FRAMES_PER_SHARD = 2
 ITEMS_PER_SHARD = 4
 DISC = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.2)
@@ -324,23 +323,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     out = root / "store.zarr"
     before = _snapshot(root, out)
     result = subprocess.run(
-        [
-            *CLI,
-            "build",
-            "--src",
-            str(src),
-            "--out",
-            str(out),
-            "--workers",
-            "2",
-            "--masklets",
-            "all",
-            "--frames-per-shard",
-            str(FRAMES_PER_SHARD),
-            "--items-per-shard",
-            str(ITEMS_PER_SHARD),
-            "-q",
-        ],
+        cli_build(
+            src, out, workers=2, frames_per_shard=FRAMES_PER_SHARD, items_per_shard=ITEMS_PER_SHARD
+        ),
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,16 +11,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import build_store
+from conftest import CLI, build_store, cli_build, three_object_videos
 
 from prebake.build import BuildOptions, build
-from prebake.demo import SampleObject, SampleVideo, write_sample
+from prebake.demo import SampleVideo, write_sample
 from prebake.errors import StoreError
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.lock import StoreLock
@@ -29,17 +28,11 @@ from prebake.store.schema import array_specs
 
 FRAMES_PER_SHARD = 2  # small shards: every video spans several, so kills land between them
 ITEMS_PER_SHARD = 4
-CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]
 
 
 def _videos() -> list[SampleVideo]:
-    disc = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.15)
-    box = SampleObject("manual", "box", (40, 200, 90), (0.6, 0.6), (-0.008, -0.006), 0.12)
-    auto = SampleObject("auto", "box", (30, 80, 220), (0.35, 0.45), (0.009, 0.003), 0.2)
     # Unequal lengths, so shards end part-full and units take different times.
-    return [
-        SampleVideo(f"sav_7000{i:02d}", 240, 176, 26 + 3 * i, (disc, box, auto)) for i in range(6)
-    ]
+    return three_object_videos("sav_7000", 240, 176, first_length=26, step=3)
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +48,14 @@ def reference(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli_args(src: Path, out: Path, *extra: str, workers: int = 1) -> list[str]:
-    return [
-        *CLI,
-        "build",
-        "--src",
-        str(src),
-        "--out",
-        str(out),
-        "--workers",
-        str(workers),
-        "--masklets",
-        "all",
-        "--frames-per-shard",
-        str(FRAMES_PER_SHARD),
-        "--items-per-shard",
-        str(ITEMS_PER_SHARD),
-        "-q",
+    return cli_build(
+        src,
+        out,
         *extra,
-    ]
+        workers=workers,
+        frames_per_shard=FRAMES_PER_SHARD,
+        items_per_shard=ITEMS_PER_SHARD,
+    )
 
 
 def start_build(src: Path, out: Path, *extra: str, workers: int = 1) -> subprocess.Popen[str]:

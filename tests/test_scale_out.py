@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_store
+from conftest import CLI, build_store, three_object_videos
 from moto.server import ThreadedMotoServer
 from test_build_reliability import assert_same_store, children_of, records
 
 from prebake.build import BuildOptions, build
-from prebake.demo import SampleObject, SampleVideo, default_sample, write_sample
+from prebake.demo import SampleVideo, default_sample, write_sample
 from prebake.errors import StoreError
 from prebake.reader import PrebakedDataset
 from prebake.store import lock as lock_module
@@ -40,7 +40,6 @@ from prebake.store.plan import UnitPlan
 from prebake.store.schema import DATA_ARRAYS
 from prebake.verify import verify_store
 
-CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]
 SHARDS = {"frames_per_shard": 4, "items_per_shard": 8}
 SHARD_ARGS = ["--frames-per-shard", "4", "--items-per-shard", "8", "--masklets", "all"]
 LOOPBACK = "127.0.0.1"
@@ -467,13 +466,8 @@ def fsspec_path(s3: S3, url: str) -> Any:
 
 
 def _videos() -> list[SampleVideo]:
-    disc = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.15)
-    box = SampleObject("manual", "box", (40, 200, 90), (0.6, 0.6), (-0.008, -0.006), 0.12)
-    auto = SampleObject("auto", "box", (30, 80, 220), (0.35, 0.45), (0.009, 0.003), 0.2)
     # Long enough (about a second of baking each) for a worker to be killed mid-unit.
-    return [
-        SampleVideo(f"sav_7100{i:02d}", 320, 240, 60 + 8 * i, (disc, box, auto)) for i in range(6)
-    ]
+    return three_object_videos("sav_7100", 320, 240, first_length=60, step=8)
 
 
 @pytest.fixture(scope="module")
