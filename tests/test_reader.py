@@ -433,16 +433,21 @@ def test_dataloader_epoch_with_two_workers(
             for batch in loader:
                 assert batch["pixel_values"].shape[1:] == (3, 448, 448)
                 assert batch["masks"].dtype == torch.float32
-                for row in range(len(batch["video_id"])):
-                    seen[
-                        (
-                            batch["video_id"][row],
-                            int(batch["frame_index"][row]),
-                            batch["masklet_type"][row],
-                            int(batch["masklet_id"][row]),
-                        )
-                    ] += 1
+                seen.update(batch_keys(batch))
             assert seen == Counter(view.key(item) for item in range(len(view)))
+
+
+def batch_keys(batch: dict[str, Any]) -> list[tuple[str, int, str, int]]:
+    """(video, frame, masklet type, masklet id) of every item in a collated batch."""
+    return [
+        (
+            batch["video_id"][row],
+            int(batch["frame_index"][row]),
+            batch["masklet_type"][row],
+            int(batch["masklet_id"][row]),
+        )
+        for row in range(len(batch["video_id"]))
+    ]
 
 
 def test_distributed_sampler_ranks_cover_every_item_once(
@@ -455,15 +460,7 @@ def test_distributed_sampler_ranks_cover_every_item_once(
         sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=3)
         sampler.set_epoch(1)
         for batch in DataLoader(dataset, batch_size=3, sampler=sampler):
-            for row in range(len(batch["video_id"])):
-                seen[
-                    (
-                        batch["video_id"][row],
-                        int(batch["frame_index"][row]),
-                        batch["masklet_type"][row],
-                        int(batch["masklet_id"][row]),
-                    )
-                ] += 1
+            seen.update(batch_keys(batch))
     assert seen == Counter(view.key(item) for item in range(len(view)))
 
 

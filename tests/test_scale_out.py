@@ -486,18 +486,7 @@ def test_dask_local_cluster_equals_one_worker(
 ) -> None:
     out = tmp_path / "store.zarr"
     result = subprocess.run(
-        [
-            *CLI,
-            "build",
-            "--src",
-            str(dask_src),
-            "--out",
-            str(out),
-            "--dask",
-            "local:2",
-            "-q",
-            *SHARD_ARGS,
-        ],
+        dask_build_args(dask_src, out),
         capture_output=True,
         text=True,
         timeout=180,
@@ -509,23 +498,27 @@ def test_dask_local_cluster_equals_one_worker(
     assert attrs["build"]["workers"] == 2
 
 
+def dask_build_args(src: Path, out: Path) -> list[str]:
+    return [
+        *CLI,
+        "build",
+        "--src",
+        str(src),
+        "--out",
+        str(out),
+        "--dask",
+        "local:2",
+        "-q",
+        *SHARD_ARGS,
+    ]
+
+
 def test_dask_worker_killed_mid_unit(dask_src: Path, dask_reference: Path, tmp_path: Path) -> None:
     """SIGKILL a Dask worker while it writes a shard: Dask reruns its unit on the other worker
     (the nanny restarts the dead one), the build completes and the store is identical."""
     out = tmp_path / "store.zarr"
     process = subprocess.Popen(
-        [
-            *CLI,
-            "build",
-            "--src",
-            str(dask_src),
-            "--out",
-            str(out),
-            "--dask",
-            "local:2",
-            "-q",
-            *SHARD_ARGS,
-        ],
+        dask_build_args(dask_src, out),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
