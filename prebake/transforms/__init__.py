@@ -33,15 +33,48 @@ PARAMS = {
 }
 
 
-def g_pixel_values(frame: Image.Image) -> np.ndarray:
+# Which Pillow's pass order the BICUBIC resizes follow (REFERENCE.md section 4c): the trainer's.
+PILLOW_RULES = (13, 12)
+DEFAULT_PILLOW_RULE = 13
+
+
+def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int], pillow: int) -> bool:
+    """Whether Pillow `pillow` (13, or 12 and earlier) runs the vertical pass of a resize first.
+
+    Sizes are (width, height). Pillow 13 (`src/libImaging/Resample.c`) goes vertical first when
+    the height shrinks, and by more than twice what the width shrinks; Pillow 12 always goes
+    horizontal first. The two orders round differently (each pass writes uint8).
+    """
+    if pillow not in PILLOW_RULES:
+        raise ValueError(f"pillow rule must be one of {PILLOW_RULES}, got {pillow!r}")
+    (in_w, in_h), (out_w, out_h) = in_size, out_size
+    if pillow == 12:
+        return False
+    return in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w)
+
+
+def resize_bicubic(image: Image.Image, size: tuple[int, int], pillow: int) -> Image.Image:
+    """`image.resize(size, BICUBIC)` as Pillow `pillow` computes it, with any installed Pillow.
+
+    Two single-axis resizes run exactly one pass each, in the order the rule says.
+    """
+    out_w, out_h = size
+    if vertical_first(image.size, size, pillow):
+        first = image.resize((image.width, out_h), Image.Resampling.BICUBIC)
+    else:
+        first = image.resize((out_w, image.height), Image.Resampling.BICUBIC)
+    return first.resize(size, Image.Resampling.BICUBIC)
+
+
+def g_pixel_values(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.ndarray:
     """SAM 2 input: uint8 (3, 1024, 1024), `np.array(img.resize((1024, 1024)))` in CHW order."""
-    resized = np.asarray(frame.resize((G_SIZE, G_SIZE), Image.Resampling.BICUBIC))
+    resized = np.asarray(resize_bicubic(frame, (G_SIZE, G_SIZE), pillow))
     return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
 
-def pixel_values(frame: Image.Image) -> np.ndarray:
+def pixel_values(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.ndarray:
     """InternVL input: float32 (3, 448, 448), Resize(BICUBIC) -> ToTensor -> Normalize(ImageNet)."""
-    resized = np.asarray(frame.resize((PIXEL_SIZE, PIXEL_SIZE), Image.Resampling.BICUBIC))
+    resized = np.asarray(resize_bicubic(frame, (PIXEL_SIZE, PIXEL_SIZE), pillow))
     values = resized.transpose(2, 0, 1).astype(np.float32)
     # Same float32 operations, in the same order, as ToTensor's div(255) and Normalize.
     values /= np.float32(255)
