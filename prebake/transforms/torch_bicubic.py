@@ -58,17 +58,15 @@ def pillow_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
     first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
     end = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size)
     count = end - first
-    weights = np.zeros((out_size, ksize), dtype=np.float64)
-    total = np.zeros(out_size, dtype=np.float64)
-    for k in range(ksize):
-        x = np.abs(((k + first) - center + 0.5) * inv_filterscale)
-        # Keys cubic, a = -0.5, in Pillow's order of operations.
-        near = ((1.5 * x - 2.5) * x) * x + 1
-        far = (((x - 5) * x + 8) * x - 4) * -0.5
-        w = np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-        w = np.where(k < count, w, 0.0)
-        weights[:, k] = w
-        total += w  # summed tap by tap, as Pillow does (np.sum would pair them)
+    taps = np.arange(ksize)[None, :]
+    x = np.abs(((taps + first[:, None]) - center[:, None] + 0.5) * inv_filterscale)
+    # Keys cubic, a = -0.5, in Pillow's order of operations.
+    near = ((1.5 * x - 2.5) * x) * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * -0.5
+    weights = np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+    weights = np.where(taps < count[:, None], weights, 0.0)
+    # Summed tap by tap, as Pillow sums them (accumulate is sequential; np.sum would pair them).
+    total = np.add.accumulate(weights, axis=1)[:, -1]
     nonzero = total != 0.0
     weights[nonzero] /= total[nonzero, None]
     scaled = weights * (1 << PRECISION_BITS)
