@@ -15,9 +15,11 @@ partial sum overflows, as none does in Pillow's own loop). int32 elementwise ops
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -144,6 +146,26 @@ def _horizontal(source: torch.Tensor, out: torch.Tensor) -> None:
             out[f : f + frames, r : r + rows] = laid.permute(0, 3, 1, 2)
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU, torch's intra-op threads set to 1 for the call, then restored.
+
+    A pass on a CPU is many small ops (cache-sized blocks); fanning each out to intra-op threads
+    gains nothing, and where the cores are busy (decoding workers) every op waits for a thread
+    that has lost its core: measured here on 2 busy cores, 1.3-1.6 s a frame with 2 threads
+    against 35-60 ms with 1. torch's OpenMP thread count is per calling thread.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _resize_into(frames: torch.Tensor, out: torch.Tensor, pillow: int) -> None:
     """Both passes, uint8 (n, H, W, 3) into `out` (n, out_h, out_w, 3), in Pillow's order.
 
@@ -184,7 +206,8 @@ def bicubic_resize(images: torch.Tensor, size: tuple[int, int], pillow: int = 13
     whatever N is: beyond its input and output, a call holds at most `CHUNK_BYTES` (256 MiB) of
     uint8 intermediates (or one frame's first pass, if that is more: 25 MiB for 3840 x 2160 to
     1024 x 1024) and an int32 working set of at most 4 MiB on a CPU (`CPU_BLOCK_BYTES`), 256 MiB
-    on another device (`DEVICE_BLOCK_BYTES`), plus the cached weights.
+    on another device (`DEVICE_BLOCK_BYTES`), plus the cached weights. On a CPU the call runs
+    on one intra-op thread (torch's setting is restored after it; see `_one_cpu_thread`).
 
     Raises TypeError if `images` is not a uint8 torch tensor, ValueError for a shape other than
     (N, H, W, 3) with H, W >= 1, a size whose width or height is below 1, or an unknown rule.
@@ -209,6 +232,7 @@ def bicubic_resize(images: torch.Tensor, size: tuple[int, int], pillow: int = 13
     # The first pass's output, for one frame: the larger of the two orders'.
     frame_bytes = 3 * max(out_w * in_h, in_w * out_h)
     chunk = max(1, CHUNK_BYTES // frame_bytes)
-    for start in range(0, n, chunk):
-        _resize_into(images[start : start + chunk], out[start : start + chunk], pillow)
+    with _one_cpu_thread(images.device):
+        for start in range(0, n, chunk):
+            _resize_into(images[start : start + chunk], out[start : start + chunk], pillow)
     return out
