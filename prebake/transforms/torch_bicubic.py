@@ -198,16 +198,18 @@ def bicubic_resize(images: torch.Tensor, size: tuple[int, int], pillow: int = 13
     `vertical_first`). Returns a new uint8 tensor (N, height, width, 3) on the same device,
     equal for every image to `np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))`
     as that Pillow computes it. Proven bit for bit in `tests/test_bicubic.py` against Pillow
-    13.0 (rule 13) and Pillow 12.3 (rule 12), on noise and natural frames from 1 x 1 to
-    3840 x 2160, downscaling and upscaling.
+    13.0 (rule 13; noise and natural frames from 1 x 1 to 3840 x 2160) and Pillow 12.3 (rule
+    12; from 1 x 1 to 1401 x 1037), downscaling, upscaling and mixed, on CPU (its CUDA tests
+    run where a GPU is present).
 
     Weights are computed once per (input size, output size, device) and kept in a bounded
     cache (`WEIGHT_CACHE_SIZE` entries). Frames go through in chunks, so memory is bounded
-    whatever N is: beyond its input and output, a call holds at most `CHUNK_BYTES` (256 MiB) of
-    uint8 intermediates (or one frame's first pass, if that is more: 25 MiB for 3840 x 2160 to
-    1024 x 1024) and an int32 working set of at most 4 MiB on a CPU (`CPU_BLOCK_BYTES`), 256 MiB
-    on another device (`DEVICE_BLOCK_BYTES`), plus the cached weights. On a CPU the call runs
-    on one intra-op thread (torch's setting is restored after it; see `_one_cpu_thread`).
+    whatever N is: beyond its input and output, a call holds at most `CHUNK_BYTES` (256 MiB)
+    of uint8 intermediates (the first pass's output, and a copy of a non-contiguous input; or
+    one frame's, if a single frame needs more) and an int32 working set of at most 4 MiB on a
+    CPU (`CPU_BLOCK_BYTES`), 256 MiB on another device (`DEVICE_BLOCK_BYTES`), plus the cached
+    weights. On a CPU the call runs on one intra-op thread (torch's setting is restored after
+    it; see `_one_cpu_thread`).
 
     Raises TypeError if `images` is not a uint8 torch tensor, ValueError for a shape other than
     (N, H, W, 3) with H, W >= 1, a size whose width or height is below 1, or an unknown rule.
@@ -231,6 +233,8 @@ def bicubic_resize(images: torch.Tensor, size: tuple[int, int], pillow: int = 13
     out = torch.empty((n, out_h, out_w, 3), dtype=torch.uint8, device=images.device)
     # The first pass's output, for one frame: the larger of the two orders'.
     frame_bytes = 3 * max(out_w * in_h, in_w * out_h)
+    if not images.is_contiguous():
+        frame_bytes += 3 * in_w * in_h  # the vertical pass takes a contiguous copy
     chunk = max(1, CHUNK_BYTES // frame_bytes)
     with _one_cpu_thread(images.device):
         for start in range(0, n, chunk):
