@@ -6,6 +6,8 @@ the seed's bug was building SAM 2's input from InternVL's normalized one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
 
@@ -103,3 +105,17 @@ def prompt_masks(mask: np.ndarray) -> np.ndarray:
     rows = np.arange(PROMPT_GRID) * height // PROMPT_GRID
     cols = np.arange(PROMPT_GRID) * width // PROMPT_GRID
     return mask[np.ix_(rows, cols)] != 0
+
+
+# The torch resize (torch_bicubic.py) is imported on first use: worker processes import this
+# package and need not import torch.
+if TYPE_CHECKING:
+    from prebake.transforms.torch_bicubic import bicubic_resize as bicubic_resize
+
+
+def __getattr__(name: str) -> object:
+    if name == "bicubic_resize":
+        from prebake.transforms.torch_bicubic import bicubic_resize
+
+        return bicubic_resize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
