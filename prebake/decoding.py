@@ -3,14 +3,19 @@
 SAM 2 (`sav_dataset/utils/sav_utils.py`) and Sa2VA (`ReSAM2_Dataset.py`) read SA-V videos with
 `cv2.VideoCapture` and flip BGR to RGB. For each decoded frame, OpenCV 5.0's FFmpeg backend
 (`modules/videoio/src/cap_ffmpeg_impl.hpp`) converts to BGR24 with swscale's BICUBIC filter,
-into BT.709 transfer and primaries (an HDR frame is tone-mapped), and turns it upright by the
-video track's display matrix (`CAP_PROP_ORIENTATION_AUTO`, on by default), in quarter turns.
+and turns it upright by the video track's display matrix (`CAP_PROP_ORIENTATION_AUTO`, on by
+default), in quarter turns. Its BGR24 output carries no colour tags, so FFmpeg 8's swscale
+infers them from the frame's (`ff_infer_colors` in libswscale/format.c): the primaries stay when
+they are BT.709 or an SD set (BT.470M, BT.470BG, SMPTE 170M, SMPTE 240M), else become BT.709 (a
+gamut conversion); the transfer stays unless it is unspecified or HDR (PQ, HLG), which become
+BT.709 (an HDR frame is tone-mapped).
 
 prebake decodes with PyAV, which drives the same FFmpeg libraries, streams from any fsspec file
 object, and can refuse damaged data (`err_detect=explode`, where OpenCV conceals it):
-`reformat(format="bgr24", interpolation=BICUBIC, dst_color_trc=BT709, dst_color_primaries=BT709)`,
-the BGR bytes read as RGB, and the same quarter turn give OpenCV's frame exactly, on every kind
-of video the test matrix (tests/test_decoding.py) covers; docs/decoding.md has the measurements.
+`reformat(format="bgr24", interpolation=BICUBIC)` with those inferred transfer and primaries
+asked for explicitly (`output_colors`), the BGR bytes read as RGB, and the same quarter turn give
+OpenCV's frame exactly, on every kind of video the test matrix (tests/test_decoding.py) covers;
+docs/decoding.md has the measurements.
 
 What the matrix does not prove equal is refused with a one-line reason, never guessed: a codec,
 pixel format or colour tag outside the lists below; a display matrix that is not a pure quarter
@@ -29,7 +34,7 @@ from typing import Any
 
 import av
 import numpy as np
-from av.video.reformatter import ColorPrimaries, ColorTrc, Interpolation, VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image
 
 from prebake.errors import SourceError
@@ -40,8 +45,8 @@ OPENCV_CONVERSION = {
     "pixel_format": "bgr24",
     "channels": "reversed to RGB",
     "interpolation": "bicubic",
-    "color_transfer": "bt709",
-    "color_primaries": "bt709",
+    "color_transfer": "bt709 from unspecified or HDR, else kept",
+    "color_primaries": "bt709 unless bt709 or an SD set",
     "rotation": "display matrix, quarter turns",
 }
 # What prebake did before it matched OpenCV (PyAV's to_ndarray("rgb24") at its default filter,
@@ -78,8 +83,13 @@ SUPPORTED_PIXEL_FORMATS = frozenset(
 # FFmpeg's AVColorSpace, AVColorRange, AVColorTransferCharacteristic, AVColorPrimaries values.
 SUPPORTED_COLORSPACES = {0: "rgb", 1: "bt709", 2: "unspecified", 5: "bt470bg", 6: "smpte170m", 9: "bt2020nc"}  # fmt: skip
 SUPPORTED_COLOR_RANGES = {0: "unspecified", 1: "tv", 2: "pc"}
-SUPPORTED_TRANSFERS = {1: "bt709", 2: "unspecified", 6: "smpte170m", 16: "smpte2084", 18: "arib-std-b67"}  # fmt: skip
-SUPPORTED_PRIMARIES = {1: "bt709", 2: "unspecified", 5: "bt470bg", 6: "smpte170m", 9: "bt2020"}
+SUPPORTED_TRANSFERS = {1: "bt709", 2: "unspecified", 5: "gamma28", 6: "smpte170m", 13: "iec61966-2-1", 16: "smpte2084", 18: "arib-std-b67"}  # fmt: skip
+SUPPORTED_PRIMARIES = {1: "bt709", 2: "unspecified", 5: "bt470bg", 6: "smpte170m", 9: "bt2020", 12: "smpte432"}  # fmt: skip
+# What swscale makes of an untagged output (ff_infer_colors): primaries kept, else BT.709;
+# transfers turned into BT.709.
+_KEPT_PRIMARIES = frozenset({1, 4, 5, 6, 7})  # BT.709, BT.470M, BT.470BG, SMPTE 170M, 240M
+_BT709_TRANSFER_FROM = frozenset({2, 16, 18})  # unspecified, PQ, HLG
+_BT709 = 1
 # Codecs whose bitstream may carry a display orientation (H.264/HEVC SEI), which FFmpeg puts on
 # the frame as a display matrix, over the container's.
 SEI_ORIENTATION_CODECS = frozenset({"h264", "hevc"})
@@ -162,17 +172,24 @@ class FrameConverter:
             return Image.fromarray(frame.to_ndarray(format="rgb24"))
         self._check(frame)
         turns = self._quarter_turns(frame)
+        transfer, primaries = output_colors(frame.color_trc, frame.color_primaries)
         converted = self.reformatter.reformat(
             frame,
             format="bgr24",
             interpolation=Interpolation.BICUBIC,
-            dst_color_trc=ColorTrc.BT709,
-            dst_color_primaries=ColorPrimaries.BT709,
+            dst_color_trc=transfer,
+            dst_color_primaries=primaries,
         )
         plane = converted.planes[0]
         size = (converted.width, converted.height)
         image = Image.frombuffer(
-            "RGB", size, np.frombuffer(memoryview(plane), np.uint8), "raw", "BGR", plane.line_size, 1
+            "RGB",
+            size,
+            np.frombuffer(memoryview(plane), np.uint8),
+            "raw",
+            "BGR",
+            plane.line_size,
+            1,
         )
         return image.transpose(_TRANSPOSE[turns]) if turns else image
 
@@ -209,6 +226,14 @@ class FrameConverter:
         elif turns != self.turns:
             raise SourceError(self.path, f"{self.refusal} its display matrix changes mid-video")
         return turns
+
+
+def output_colors(transfer: int, primaries: int) -> tuple[int, int]:
+    """The (transfer, primaries) swscale gives an untagged BGR24 output of a frame tagged so."""
+    return (
+        _BT709 if transfer in _BT709_TRANSFER_FROM else transfer,
+        primaries if primaries in _KEPT_PRIMARIES else _BT709,
+    )
 
 
 def display_matrix(frame: Any) -> tuple[int, ...] | None:
