@@ -5,15 +5,18 @@ the independent reference; the real clips in ../shared/fixtures too."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 import reference
 import zarr
-from conftest import CLI, REAL_SAV, REAL_VIDEO
+from conftest import CLI, REAL_SAV, REAL_VIDEO, build_store
 from expected import assert_store_matches, expected_items
 from videos import EQUAL, MATRIX, Case, write_sav_video
 
@@ -153,3 +156,76 @@ def test_real_clips_decode_as_opencv(path: Path) -> None:
             np.testing.assert_array_equal(frame.to_ndarray(format="rgb24"), theirs[index])
             count += 1
     assert count == len(theirs) > 200
+
+
+# -- what the store records, and verify --src against OpenCV -----------------------------------
+
+
+def small_source(root: Path, names: tuple[str, ...]) -> Path:
+    kinds = {case.kind.name: case.kind for case in MATRIX}
+    for name in names:
+        write_sav_video(root, name, kinds[name])
+    return root
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+
+
+def edit_attributes(store: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change the store's root attributes (and the build settings they hold) in place."""
+    path = store / "zarr.json"
+    metadata = json.loads(path.read_text())
+    attrs = metadata["attributes"]["prebake"]
+    edit(attrs["params"])
+    edit(attrs["settings"]["params"])
+    path.write_text(json.dumps(metadata))
+
+
+def test_verify_fails_a_store_baked_with_another_decoder_conversion(tmp_path: Path) -> None:
+    """Baked on purpose with prebake's old conversion (rgb24, no rotation): verify --src, which
+    decodes with OpenCV, names each video and frame that differs, and only those."""
+    src = small_source(tmp_path / "src", ("h264_yuv420p", "h264_yuv420p10", "rot90_square"))
+    store = build_store(src, tmp_path / "legacy.zarr", decoder_conversion="legacy")
+    assert "rgb24 bilinear, rotation: none" in cli("info", str(store)).stdout
+    checked = cli("verify", str(store), "--src", str(src), "--samples", "all", "-q")
+    assert checked.returncode == 1, checked.stdout
+    assert "frames decoded by OpenCV 5." in checked.stdout
+    problems = [line for line in checked.stdout.splitlines() if "differs from" in line]
+    named = {video for line in problems for video in ("h264_yuv420p10 frame", "rot90_square frame") if video in line}  # fmt: skip
+    assert named == {"h264_yuv420p10 frame", "rot90_square frame"}, checked.stdout
+    assert not any("h264_yuv420p frame" in line for line in problems)  # 8-bit: both agree
+    good = build_store(src, tmp_path / "good.zarr")
+    assert cli("verify", str(good), "--src", str(src), "--samples", "all", "-q").returncode == 0
+
+
+def test_a_store_from_before_decoding_was_recorded_reads_and_verifies(tmp_path: Path) -> None:
+    """Schema v1 without params.decoding and params.pillow_rule: legacy decoding, rule 13."""
+    from prebake import PrebakedDataset
+
+    src = small_source(tmp_path / "src", ("h264_yuv420p",))
+    store = build_store(src, tmp_path / "old.zarr")
+
+    def forget(params: dict[str, Any]) -> None:
+        del params["decoding"], params["pillow_rule"]
+
+    edit_attributes(store, forget)
+    assert PrebakedDataset(store)[0]["pixel_values"].shape == (3, 448, 448)
+    assert "not recorded" in cli("info", str(store)).stdout
+    checked = cli("verify", str(store), "--src", str(src), "--samples", "all", "-q")
+    assert checked.returncode == 0, checked.stdout  # 8-bit 4:2:0 H.264: the old way agreed
+
+
+def test_another_decoder_does_not_resume_a_store(tmp_path: Path) -> None:
+    src = small_source(tmp_path / "src", ("h264_yuv420p",))
+    store = tmp_path / "store.zarr"
+    command = ("build", "--src", str(src), "--out", str(store), "--workers", "1", "-q")
+    assert cli(*command).returncode == 0
+
+    def older_pyav(params: dict[str, Any]) -> None:
+        params["decoding"]["pyav"] = "17.0.0"
+
+    edit_attributes(store, older_pyav)
+    again = cli(*command)
+    assert again.returncode == 2
+    assert "decoding.pyav: store '17.0.0', this command" in again.stderr
