@@ -160,6 +160,7 @@ class FrameConverter:
         self.codec = stream.codec_context.name
         self.reformatter = VideoReformatter()
         self.turns: int | None = None  # quarter turns of the first converted frame
+        self.rotation = 0  # and its `frame.rotation`, which later frames must repeat
         if conversion == "opencv" and self.codec not in SUPPORTED_CODECS:
             raise SourceError(path, f"{self.refusal} codec {self.codec!r}")
 
@@ -179,6 +180,7 @@ class FrameConverter:
             interpolation=Interpolation.BICUBIC,
             dst_color_trc=transfer,
             dst_color_primaries=primaries,
+            threads=1,  # as the decoder: a build already runs one worker per core
         )
         plane = converted.planes[0]
         size = (converted.width, converted.height)
@@ -208,24 +210,31 @@ class FrameConverter:
                 raise SourceError(self.path, f"{self.refusal} {what} {value!r}")
 
     def _quarter_turns(self, frame: Any) -> int:
-        """Counter-clockwise quarter turns of the frame's display matrix (0 without one)."""
-        turns = 0
-        matrix = display_matrix(frame)
-        if matrix is not None:
-            a, b, u, c, d, v, _, _, w = matrix
-            found = _QUARTER_TURNS.get((a, b, c, d)) if (u, v, w) == (0, 0, 1 << 30) else None
-            if found is None:
-                raise SourceError(
-                    self.path,
-                    f"{self.refusal} its display matrix {list(matrix)} is not a pure quarter turn "
-                    "(a mirror or another angle: OpenCV applies only the rotation part)",
-                )
-            turns = found
+        """Counter-clockwise quarter turns of the frame's display matrix (0 without one).
+
+        The whole matrix is read from the first converted frame; later frames must give the
+        same rotation (`frame.rotation`). Reading `frame.side_data` ties the frame to its side
+        data in a reference cycle, so that every frame read so would stay in memory until the
+        garbage collector runs (measured: 270 MB more on a 289-frame 720p clip).
+        """
         if self.turns is None:
-            self.turns = turns
-        elif turns != self.turns:
+            self.turns = 0
+            matrix = display_matrix(frame)
+            if matrix is not None:
+                a, b, u, c, d, v, _, _, w = matrix
+                exact = (u, v, w) == (0, 0, 1 << 30)
+                turns = _QUARTER_TURNS.get((a, b, c, d)) if exact else None
+                if turns is None:
+                    raise SourceError(
+                        self.path,
+                        f"{self.refusal} its display matrix {list(matrix)} is not a pure quarter "
+                        "turn (a mirror or another angle: OpenCV applies only the rotation part)",
+                    )
+                self.turns = turns
+            self.rotation = frame.rotation
+        elif frame.rotation != self.rotation:
             raise SourceError(self.path, f"{self.refusal} its display matrix changes mid-video")
-        return turns
+        return self.turns
 
 
 def output_colors(transfer: int, primaries: int) -> tuple[int, int]:

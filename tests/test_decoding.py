@@ -5,6 +5,7 @@ the independent reference; the real clips in ../shared/fixtures too."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 from collections.abc import Callable
@@ -229,3 +230,18 @@ def test_another_decoder_does_not_resume_a_store(tmp_path: Path) -> None:
     again = cli(*command)
     assert again.returncode == 2
     assert "decoding.pyav: store '17.0.0', this command" in again.stderr
+
+
+def test_decoding_holds_no_frame_it_has_passed(matrix_source: Path) -> None:
+    """One frame at a time, whatever the video's length: no decoded frame stays alive (PyAV's
+    side data would keep each frame it is read from in a reference cycle)."""
+    video = every_frame(matrix_source, "rot90_landscape")
+    gc.collect()
+    gc.disable()
+    try:
+        alive = []
+        for _ in video.iter_frames():
+            alive.append(sum(type(o) is av.VideoFrame for o in gc.get_objects()))
+    finally:
+        gc.enable()
+    assert len(alive) == 9 and max(alive) <= 4, alive  # held: the current one, the first
