@@ -245,3 +245,18 @@ def test_decoding_holds_no_frame_it_has_passed(matrix_source: Path) -> None:
     finally:
         gc.enable()
     assert len(alive) == 9 and max(alive) <= 4, alive  # held: the current one, the first
+
+
+def test_decoder_bench_runs(matrix_source: Path) -> None:
+    """`python -m prebake.bench.decoders` (docs/decoding.md's figures) on a small video, so it
+    does not rot."""
+    from prebake.bench.decoders import bench_decoders, format_decoders
+
+    results = bench_decoders(matrix_source / "h264_bframes.mp4", repeat=1)
+    assert results["clean_frames"] == {"pyav": 12, "opencv": 12}
+    every = results["speed"]["pyav/1"]
+    assert every["converted"] == 12 and every["converted_per_s"] > 0
+    assert results["speed"]["opencv/4"]["converted"] == 3
+    assert set(results["damaged"]) == {"corrupt", "truncated"}
+    text = format_decoders(results)
+    assert "PyAV as prebake decodes" in text and "OpenCV cv2.VideoCapture" in text
