@@ -185,7 +185,9 @@ def verify(
     src: Annotated[
         str | None,
         typer.Option(
-            "--src", help="Source (folder or URL) to re-derive sampled items from, bit for bit."
+            "--src",
+            help="Source (folder or URL) to re-derive sampled items from, bit for bit: mp4 frames "
+            "decoded by OpenCV (the trainers' decoder), resized by the store's Pillow rule.",
         ),
     ] = None,
     samples: Annotated[

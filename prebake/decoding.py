@@ -1,14 +1,14 @@
 """Decoding mp4 frames as the reference trainers see them: OpenCV's FFmpeg backend, bit for bit.
 
 SAM 2 (`sav_dataset/utils/sav_utils.py`) and Sa2VA (`ReSAM2_Dataset.py`) read SA-V videos with
-`cv2.VideoCapture` and flip BGR to RGB. For each decoded frame, OpenCV 5.0's FFmpeg backend
+`cv2.VideoCapture` and flip BGR to RGB. For each decoded frame, OpenCV's FFmpeg backend
 (`modules/videoio/src/cap_ffmpeg_impl.hpp`) converts to BGR24 with swscale's BICUBIC filter,
 and turns it upright by the video track's display matrix (`CAP_PROP_ORIENTATION_AUTO`, on by
-default), in quarter turns. Its BGR24 output carries no colour tags, so FFmpeg 8's swscale
-infers them from the frame's (`ff_infer_colors` in libswscale/format.c): the primaries stay when
-they are BT.709 or an SD set (BT.470M, BT.470BG, SMPTE 170M, SMPTE 240M), else become BT.709 (a
-gamut conversion); the transfer stays unless it is unspecified or HDR (PQ, HLG), which become
-BT.709 (an HDR frame is tone-mapped).
+default), in quarter turns. Measured with OpenCV 5.0 (FFmpeg 8): the colours come out as
+swscale converts the tagged frame to an untagged BGR24 one, whose tags it infers
+(`ff_infer_colors` in libswscale/format.c): the primaries stay when they are BT.709 or an SD set
+(BT.470M, BT.470BG, SMPTE 170M, SMPTE 240M), else become BT.709 (a gamut conversion); the
+transfer stays unless it is unspecified or HDR (PQ, HLG), which becomes BT.709 (tone mapping).
 
 prebake decodes with PyAV, which drives the same FFmpeg libraries, streams from any fsspec file
 object, and can refuse damaged data (`err_detect=explode`, where OpenCV conceals it):

@@ -129,3 +129,11 @@ def test_another_rule_does_not_resume_a_store(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "pillow_rule: store 13, this command 12" in again.stderr
     assert build(src, store, "--match-pillow", "11").returncode == 2
+    # A store claiming an unknown rule is a verification problem, not a crash.
+    metadata_path = store / "zarr.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["attributes"]["prebake"]["params"]["pillow_rule"] = 11
+    metadata_path.write_text(json.dumps(metadata))
+    checked = run("verify", str(store), "--src", str(src), "-q")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert "params.pillow_rule is 11, expected one of [13, 12]" in checked.stdout

@@ -281,6 +281,7 @@ def test_s3_build_read_verify_equal_to_local(
     )
     assert checked.ok, checked.problems
     assert checked.source is not None and checked.source["items_checked"] == 24
+    assert [d.split(" ")[0] for d in checked.source["decoders"]] == ["OpenCV"]  # a copy, locally
 
     for command in (["verify", url, "--src", remote_src, "--samples", "2"], ["info", url]):
         result = subprocess.run(
