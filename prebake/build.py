@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from prebake import transforms
+from prebake import decoding, transforms
 from prebake.errors import PrebakeError, SourceError, StoreError
 from prebake.sources import MASKLET_TYPES, discover, open_video
 from prebake.sources.annotations import FRAME_STRIDE
@@ -95,6 +95,10 @@ class BuildOptions:
     progress: bool = True
     storage_options: StorageOptions | None = None  # for fsspec URLs (endpoint, credentials)
     dask: str | None = None  # run units on Dask: "tcp://host:8786" or "local:N"
+    pillow_rule: int = transforms.DEFAULT_PILLOW_RULE  # the trainer's Pillow: 13, or 12 and older
+    # How decoded mp4 frames become RGB (prebake.decoding.CONVERSIONS). Not a command option:
+    # "opencv" is the reference; "legacy" bakes stores as prebake did before, for tests only.
+    decoder_conversion: str = "opencv"
 
 
 @dataclass
@@ -124,6 +128,8 @@ def settings_of(options: BuildOptions) -> dict[str, Any]:
         layout=options.layout,
         frames_per_shard=options.frames_per_shard,
         items_per_shard=options.items_per_shard,
+        pillow_rule=options.pillow_rule,
+        decoding=decoding.decoding_settings(options.decoder_conversion),
     )
     source = {
         "root": location_text(as_path(options.src, options.storage_options)),
@@ -223,7 +229,7 @@ def bake_unit(
     }
     started = time.perf_counter()
     try:
-        prompt_cells = _bake_frames(unit, streams, storage_options)
+        prompt_cells = _bake_frames(unit, streams, params, storage_options)
         written = sum(stream.close() for stream in streams.values())
     except Exception as error:  # any failure of one video is recorded, never fatal to the build
         for stream in streams.values():
@@ -256,7 +262,10 @@ def remove_unit_shards(store: StoreDir, unit: UnitPlan, params: dict[str, Any]) 
 
 
 def _bake_frames(
-    unit: UnitPlan, streams: dict[str, RowStream], storage_options: StorageOptions | None
+    unit: UnitPlan,
+    streams: dict[str, RowStream],
+    params: dict[str, Any],
+    storage_options: StorageOptions | None,
 ) -> list[int]:
     video = open_video(unit.ref, storage_options)
     planned = (unit.frame_indices.tolist(), unit.masklets, unit.width, unit.height)
@@ -275,9 +284,10 @@ def _bake_frames(
         items_at[t].append((k, area))
     prompt_cells = []
     frames = 0
-    for t, frame in video.iter_frames():
-        streams["pixel_values"].append(transforms.pixel_values(frame))
-        streams["g_pixel_values"].append(transforms.g_pixel_values(frame))
+    pillow = params["pillow_rule"]
+    for t, frame in video.iter_frames(params["decoding"]["conversion"]):
+        streams["pixel_values"].append(transforms.pixel_values(frame, pillow))
+        streams["g_pixel_values"].append(transforms.g_pixel_values(frame, pillow))
         del frame  # one frame at a time, whatever the video's length
         for k, area in items_at[t]:
             mask = video.mask(t, k)
@@ -320,6 +330,11 @@ def build(options: BuildOptions) -> BuildReport:
 
 
 def _build(options: BuildOptions) -> BuildReport:
+    if options.pillow_rule not in transforms.PILLOW_RULES:
+        raise PrebakeError(
+            f"pillow rule must be one of {', '.join(map(str, transforms.PILLOW_RULES))}, "
+            f"not {options.pillow_rule!r}"
+        )
     if options.dask is not None:
         options = _absolute(options)
     out = as_path(options.out, options.storage_options)

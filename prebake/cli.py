@@ -107,6 +107,15 @@ def build(
             help="Run the videos as Dask tasks: a scheduler address (tcp://host:8786), or local:N for a cluster of N processes on this machine.",
         ),
     ] = None,
+    match_pillow: Annotated[
+        int,
+        typer.Option(
+            "--match-pillow",
+            help='Resize as this Pillow does, the one your trainer runs (python -c "import PIL; '
+            'print(PIL.__version__)"): 13 for Pillow 13 or later, 12 for 12 and earlier. The '
+            "two run the BICUBIC passes in another order for portrait frames.",
+        ),
+    ] = 13,
     storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -121,6 +130,8 @@ def build(
         _fail(f"--masklets must be manual, auto or all, not {masklets!r}")
     if layout not in ("auto", "train", "frames", "png"):
         _fail(f"--layout must be auto, train, frames or png, not {layout!r}")
+    if match_pillow not in (13, 12):
+        _fail(f"--match-pillow must be 13 or 12, not {match_pillow!r}")
     video_ids = None
     if videos is not None:
         try:
@@ -141,6 +152,7 @@ def build(
         progress=not quiet,
         storage_options=options_of_fsspec,
         dask=dask,
+        pillow_rule=match_pillow,
     )
     try:
         report = run_build(options)
@@ -173,7 +185,9 @@ def verify(
     src: Annotated[
         str | None,
         typer.Option(
-            "--src", help="Source (folder or URL) to re-derive sampled items from, bit for bit."
+            "--src",
+            help="Source (folder or URL) to re-derive sampled items from, bit for bit: mp4 frames "
+            "decoded by OpenCV (the trainers' decoder), resized by the store's Pillow rule.",
         ),
     ] = None,
     samples: Annotated[

@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prebake import decoding
 from prebake.errors import StoreError
 from prebake.storage import RemotePath, StorageOptions, list_names, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.schema import DATA_ARRAYS, array_specs
 from prebake.store.shard import NO_CHUNK, read_index
+from prebake.transforms import DEFAULT_PILLOW_RULE
 
 
 def _folder_bytes(folder: Path | RemotePath) -> tuple[int, int]:
@@ -140,6 +142,12 @@ def format_info(info: dict[str, Any]) -> str:
         f"  masklets {params.get('masklets')}, layout {params.get('layout')}, frame stride {params.get('frame_stride')}, "
         f"{params.get('frames_per_shard')} frames / {params.get('items_per_shard')} items per shard"
     )
+    rule = params.get("pillow_rule", DEFAULT_PILLOW_RULE)
+    lines.append(
+        f"  pillow rule {rule} (BICUBIC passes in the order Pillow {rule} "
+        f"{'and later runs' if rule >= 13 else 'and earlier run'}: --match-pillow)"
+    )
+    lines.append(f"  decoder {decoding.describe(params.get('decoding'))}")
     source = info["source"]
     lines.append(
         f"  source {source.get('root')} (videos filter {source.get('videos_filter')}, limit {source.get('limit')})"

@@ -37,6 +37,7 @@ import zarr
 from PIL import Image
 
 from prebake import transforms
+from prebake.decoding import CONVERSIONS, LEGACY_DECODING
 from prebake.errors import PrebakeError, StoreError
 from prebake.storage import (
     RemotePath,
@@ -130,6 +131,11 @@ class VerifyReport:
             lines.append(
                 f"  source     {self.source['items_checked']} items and {self.source['frames_checked']} frames "
                 f"re-derived from {self.source['src']} and compared bit for bit"
+            )
+            for decoder in self.source.get("decoders", []):
+                lines.append(f"             frames decoded by {decoder}")
+            lines.append(
+                f"             resized as Pillow {self.source.get('pillow_rule')} does (the store's --match-pillow)"
             )
         elif self.semantics:
             lines.append("  source     not checked (pass --src to re-derive items bit for bit)")
@@ -271,6 +277,17 @@ def _check_attributes(attrs: dict[str, Any], report: VerifyReport) -> dict[str, 
                 f"zarr.json: {key} is {value!r}, expected a whole number; cannot locate rows"
             )
             return None
+    rule = params.get("pillow_rule", transforms.DEFAULT_PILLOW_RULE)
+    if rule not in transforms.PILLOW_RULES:
+        report.problem(
+            f"zarr.json: params.pillow_rule is {rule!r}, expected one of {list(transforms.PILLOW_RULES)}"
+        )
+    decoding = params.get("decoding") or LEGACY_DECODING
+    conversion = decoding.get("conversion") if isinstance(decoding, dict) else decoding
+    if conversion not in CONVERSIONS:
+        report.problem(
+            f"zarr.json: params.decoding.conversion is {conversion!r}, expected one of {sorted(CONVERSIONS)}"
+        )
     if list(attrs.get("masklet_types", [])) != ["manual", "auto"]:
         report.problem(
             f"zarr.json: masklet_types is {attrs.get('masklet_types')!r}, expected ['manual', 'auto']"
@@ -978,6 +995,11 @@ def _check_semantics(
 # -- 4. against the source --------------------------------------------------------------------
 
 
+def pillow_rule(params: dict[str, Any]) -> Any:
+    """The Pillow rule a store was baked with (a store from before the rule was recorded: 13)."""
+    return params.get("pillow_rule", transforms.DEFAULT_PILLOW_RULE)
+
+
 def _check_source(
     context: _Context,
     report: VerifyReport,
@@ -990,6 +1012,8 @@ def _check_source(
 
     from prebake.sources import discover, open_video
 
+    if pillow_rule(context.params) not in transforms.PILLOW_RULES:
+        return  # reported with the attributes: nothing can be re-derived by an unknown rule
     t = context.tables
     item_count = len(t["items/mask_row"])
     chosen = _sample(np.arange(item_count), samples, seed=2).tolist()
@@ -1013,6 +1037,7 @@ def _check_source(
         )
     }
     frames_done = items_done = 0
+    decoders: set[str] = set()
     total = sum(len(frames) for frames in wanted_frames.values())
     with tqdm(total=total, desc="source", unit="frame", disable=not progress) as bar:
         for video in sorted(wanted_frames):
@@ -1023,10 +1048,12 @@ def _check_source(
                 )
                 continue
             try:
+                source_video = open_video(refs[video_id], storage_options_of(src))
+                decoders.add(source_video.reference_decoder)
                 done = _rederive_video(
                     context,
                     report,
-                    open_video(refs[video_id], storage_options_of(src)),
+                    source_video,
                     video,
                     sorted(wanted_frames[video]),
                     wanted_items[video],
@@ -1044,6 +1071,8 @@ def _check_source(
         "items_checked": items_done,
         "items_sampled": len(chosen),
         "items": item_count,
+        "decoders": sorted(decoders),
+        "pillow_rule": pillow_rule(context.params),
     }
 
 
@@ -1077,7 +1106,9 @@ def _rederive_video(
     wanted = set(frames)
     last = max(wanted) if wanted else -1
     frames_done = items_done = 0
-    for time_index, frame in _frames_until(video.iter_frames(), last):
+    pillow = pillow_rule(context.params)
+    decoder = video.reference_decoder
+    for time_index, frame in _frames_until(video.iter_reference_frames(), last):
         if time_index not in wanted:
             continue
         row = first_row + time_index
@@ -1086,11 +1117,14 @@ def _rederive_video(
                 f"frames/frame_index {context.frame_label(row)}: source frame index is {video.frame_indices[time_index]}"
             )
         derived = {
-            "pixel_values": transforms.pixel_values(frame),
-            "g_pixel_values": transforms.g_pixel_values(frame),
+            "pixel_values": transforms.pixel_values(frame, pillow),
+            "g_pixel_values": transforms.g_pixel_values(frame, pillow),
         }
+        label = (
+            f"{context.frame_label(row)} [frame decoded by {decoder}, resized as Pillow {pillow}]"
+        )
         for name, value in derived.items():
-            _compare(context, report, name, row, value, context.frame_label(row), damaged)
+            _compare(context, report, name, row, value, label, damaged)
         frames_done += 1
         for item in items_at[time_index]:
             kind = context.attrs["masklet_types"][int(t["items/masklet_type"][item])]

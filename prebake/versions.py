@@ -16,6 +16,7 @@ def library_versions() -> dict[str, str]:
         "numpy": "numpy",
         "numcodecs": "numcodecs",
         "pycocotools": "pycocotools",
+        "opencv": "opencv-python-headless",  # the reference decoder of `verify --src`
     }
     found = {}
     for key, distribution in names.items():

@@ -470,7 +470,14 @@ def test_a_worker_killed_mid_unit_does_not_stop_the_build(
 def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     """The benchmark's parts (prebake bench --build-src) on two short 720p videos, so they do
     not rot: the full benchmark takes a minute or two and is not part of the tests."""
-    from prebake.bench.build import BuildRun, bare_compute, format_build, run_build, write_synthetic
+    from prebake.bench.build import (
+        BuildRun,
+        bare_compute,
+        decoder_speed,
+        format_build,
+        run_build,
+        write_synthetic,
+    )
 
     src = write_synthetic(tmp_path / "src", 2, 8)
     assert sorted(p.name for p in src.iterdir()) == [
@@ -483,6 +490,8 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     ]
     wall, cpu = bare_compute(src)
     assert wall > 0 and cpu > 0
+    decoded, seconds = decoder_speed(src)
+    assert decoded == 2 * 5 and seconds > 0  # frames 0 and 4 annotated: 0..4 decoded
     run = run_build(src, tmp_path / "store.zarr", workers=2)
     assert isinstance(run, BuildRun) and run.seconds > 0 and run.cpu_seconds > 0
     memory = run.memory(8)
@@ -494,12 +503,22 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
         "videos": 2,
         "frames": 4,
         "cores": 2,
-        "frames_per_s": {"bare_compute": 20.0, "workers_1": 15.0, "workers_2": 27.0},
+        "decoded_video_frames": 10,
+        "frames_per_s": {
+            "decoder": 80.0,
+            "bare_compute": 20.0,
+            "workers_1": 15.0,
+            "workers_2": 27.0,
+        },
         "ratios": {"scaling": 1.8, "overhead": 0.75},
         "cores_used": {"workers_1": 1.0, "workers_2": 1.8},
         "cpu_ms_per_frame": {"bare_compute": 45.0, "workers_1": 57.0, "workers_2": 58.0},
         "rss": {"short": memory, "long": run.memory(40)},
     }
     lines = format_build(results)
+    assert any(
+        line.startswith("  decoder (PyAV as a build decodes)") and "200.0 video" in line
+        for line in lines
+    )
     assert "  PASS  2 workers / 1 worker             1.80 x   (target >= 1.6 x)" in lines
     assert "  PASS  1 worker / bare compute          0.75 x   (target >= 0.7 x)" in lines

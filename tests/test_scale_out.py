@@ -281,6 +281,8 @@ def test_s3_build_read_verify_equal_to_local(
     )
     assert checked.ok, checked.problems
     assert checked.source is not None and checked.source["items_checked"] == 24
+    decoders = [decoder.split(" ")[0] for decoder in checked.source["decoders"]]
+    assert decoders == ["OpenCV", "Pillow"]  # the mp4s (each copied here first), the JPEGs
 
     for command in (["verify", url, "--src", remote_src, "--samples", "2"], ["info", url]):
         result = subprocess.run(

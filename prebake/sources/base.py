@@ -64,8 +64,21 @@ class Video(ABC):
         self.areas = areas  # int64 (annotated frames, masklets): source pixels on
 
     @abstractmethod
-    def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
-        """Yield (t, original RGB frame) for every annotated frame, in order, streaming."""
+    def iter_frames(self, conversion: str = "opencv") -> Iterator[tuple[int, Image.Image]]:
+        """Yield (t, original RGB frame) for every annotated frame, in order, streaming.
+
+        `conversion` says how a decoded video frame becomes RGB (`prebake.decoding.CONVERSIONS`);
+        image files are opened one way only and ignore it.
+        """
+
+    def iter_reference_frames(self) -> Iterator[tuple[int, Image.Image]]:
+        """The same frames as the reference trainers' decoder gives them (`verify --src`)."""
+        return self.iter_frames()
+
+    @property
+    def reference_decoder(self) -> str:
+        """What `iter_reference_frames` decodes with, for reports."""
+        return "Pillow Image.open(path).convert('RGB')"
 
     @abstractmethod
     def mask(self, t: int, k: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from prebake.storage import RemotePath, sorted_paths
 
 
 class JpegFolderVideo(JsonAnnotatedVideo):
-    def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
+    def iter_frames(self, conversion: str = "opencv") -> Iterator[tuple[int, Image.Image]]:
         folder = source_path(self.ref.frames, self.storage_options)
         for t, index in enumerate(self.frame_indices):
             path = folder / f"{index:05d}.jpg"

@@ -80,7 +80,7 @@ class PngMaskVideo(Video):
             storage_options=storage_options,
         )
 
-    def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
+    def iter_frames(self, conversion: str = "opencv") -> Iterator[tuple[int, Image.Image]]:
         for t, index in enumerate(self.frame_indices):
             path = source_path(self.ref.frames, self.storage_options) / f"{index:05d}.jpg"
             yield t, open_jpeg(path, (self.width, self.height))

@@ -1,8 +1,9 @@
 """Training release layout: `sav_NNNNNN.mp4` beside `sav_NNNNNN_manual.json` (+ `_auto.json`).
 
-Frames are decoded with PyAV in a stream (bit-identical to the OpenCV path SAM 2 and Sa2VA use,
-REFERENCE.md section 3); only annotated frames (every 4th) are converted to RGB, and no more than
-one frame is held at a time, whatever the video's length.
+Frames are decoded with PyAV in a stream and converted as OpenCV's `cv2.VideoCapture` (the
+decoder SAM 2 and Sa2VA read SA-V with) converts them, bit for bit (`prebake.decoding`); only
+annotated frames (every 4th) are converted, and no more than one frame is held at a time,
+whatever the video's length.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from prebake import decoding
 from prebake.errors import SourceError
 from prebake.sources.annotations import FRAME_STRIDE, Annotation, load_annotation
 from prebake.sources.base import Masklet, Video, VideoRef, source_path
@@ -74,7 +76,7 @@ class JsonAnnotatedVideo(Video):
 
 
 class Mp4Video(JsonAnnotatedVideo):
-    def iter_frames(self) -> Iterator[tuple[int, Image.Image]]:
+    def iter_frames(self, conversion: str = "opencv") -> Iterator[tuple[int, Image.Image]]:
         path = self.ref.frames
         wanted = iter(enumerate(self.frame_indices))
         t, target = next(wanted, (-1, None))
@@ -84,17 +86,24 @@ class Mp4Video(JsonAnnotatedVideo):
             raise SourceError(path, "cannot decode video (empty file)")
         try:
             with self._open_container(path, file) as container:
-                for frame in container.decode(self._open_stream(container)):
-                    if frame.is_corrupt:  # concealed damage would be baked as if it were data
-                        raise SourceError(path, f"frame {decoded} is corrupt (damaged video data)")
-                    if decoded == target:
-                        image = Image.fromarray(frame.to_ndarray(format="rgb24"))
-                        self.check_frame_size(image, path)
-                        yield t, image
-                        t, target = next(wanted, (-1, None))
-                        if target is None:
-                            return
-                    decoded += 1
+                stream = self._open_stream(container)
+                convert = decoding.FrameConverter(path, stream, conversion)
+                probe = decoding.OrientationProbe(path, stream)
+                for packet in container.demux(stream):
+                    probe.feed(packet)
+                    for frame in packet.decode():
+                        if frame.is_corrupt:  # concealed damage would be baked as if it were data
+                            raise SourceError(
+                                path, f"frame {decoded} is corrupt (damaged video data)"
+                            )
+                        if decoded == target:
+                            image = convert(frame)
+                            self.check_frame_size(image, path)
+                            yield t, image
+                            t, target = next(wanted, (-1, None))
+                            if target is None:
+                                return
+                        decoded += 1
         except av.error.FFmpegError as error:
             where = f" at frame {decoded}" if decoded else ""
             message = error.strerror or str(error)
@@ -103,6 +112,17 @@ class Mp4Video(JsonAnnotatedVideo):
             raise SourceError(
                 path, f"video ends after {decoded} frames; annotation needs frame {target}"
             )
+
+    def iter_reference_frames(self) -> Iterator[tuple[int, Image.Image]]:
+        """The annotated frames as OpenCV decodes them (`prebake.decoding.opencv_frames`)."""
+        path = self.ref.frames
+        for t, image in decoding.opencv_frames(path, self.frame_indices, self.storage_options):
+            self.check_frame_size(image, path)
+            yield t, image
+
+    @property
+    def reference_decoder(self) -> str:
+        return f"OpenCV {decoding.opencv_version()} cv2.VideoCapture + cvtColor(BGR2RGB)"
 
     @staticmethod
     @contextmanager
@@ -120,13 +140,15 @@ class Mp4Video(JsonAnnotatedVideo):
             yield container
 
     def _open_stream(self, container: Any) -> Any:
-        """The video stream, checked against the annotation before any frame is decoded."""
+        """The video stream (the first, as OpenCV picks it), checked against the annotation
+        before any frame is decoded."""
         path = self.ref.frames
         if not container.streams.video:
             raise SourceError(path, "no video stream")
         stream = container.streams.video[0]
         size = (stream.codec_context.width, stream.codec_context.height)
-        if all(size) and size != (self.width, self.height):
+        # A display matrix may turn the coded frame a quarter turn (checked again on each frame).
+        if all(size) and size not in ((self.width, self.height), (self.height, self.width)):
             raise SourceError(
                 path, f"video is {size[0]}x{size[1]}, annotation says {self.width}x{self.height}"
             )
