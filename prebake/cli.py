@@ -286,7 +286,9 @@ def show(
 
 @app.command()
 def bench(
-    store: Store,
+    store: Annotated[
+        Path | None, typer.Argument(help="Store to measure the reader on (optional).")
+    ] = None,
     src: Annotated[
         Path | None, typer.Option("--src", help="Also time the on-the-fly pipeline on this source.")
     ] = None,
@@ -295,13 +297,37 @@ def bench(
         typer.Option("--build-src", help="Also measure build scaling and memory on this source."),
     ] = None,
     items: Annotated[int, typer.Option(help="Items per reader measurement.", min=1)] = 200,
+    discovery: Annotated[
+        int | None,
+        typer.Option(
+            "--discovery",
+            help="Also time finding the videos of a generated tree of N empty SA-V-named files.",
+            min=1,
+        ),
+    ] = None,
+    append: Annotated[
+        bool,
+        typer.Option("--append", help="Also time adding a video to a store against a rebuild."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one run)."""
+    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
+    run); build scaling, discovery and appends on request."""
     from prebake.bench import format_bench, run_bench
 
+    if store is None and build_src is None and discovery is None and not append:
+        _fail("give a store (reader), --build-src, --discovery N or --append")
+    if store is None and src is not None:
+        _fail("--src times the reader's on-the-fly comparison: give a store too")
     try:
-        results = run_bench(store, src=src, build_src=build_src, items=items)
+        results = run_bench(
+            store,
+            src=src,
+            build_src=build_src,
+            items=items,
+            discovery_files=discovery,
+            append=append,
+        )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
