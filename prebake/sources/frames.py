@@ -28,11 +28,12 @@ def recognise(tree: SourceTree, masklets: str) -> list[VideoRef]:
     by_name = tree.frame_folders()
     refs = []
     for folder in tree.folders.values():
+        names = set(folder.files)
         for name in folder.files:
             video_id = name.removesuffix(MANUAL_SUFFIX)
             if video_id == name or video_id not in by_name:
                 continue
-            files = annotation_files(tree, folder, video_id, masklets)
+            files = annotation_files(tree, folder, names, video_id, masklets)
             for frames in nearest(folder.location, by_name[video_id]) if files else []:
                 refs.append(VideoRef(video_id, "frames", frames.location, files))
     return refs

@@ -153,7 +153,7 @@ def recognise(tree: SourceTree, masklets: str) -> list[VideoRef]:
         for name in folder.files:
             video_id = name.removesuffix(MANUAL_SUFFIX)
             if video_id != name and f"{video_id}{VIDEO_SUFFIX}" in names:
-                files = annotation_files(tree, folder, video_id, masklets)
+                files = annotation_files(tree, folder, names, video_id, masklets)
                 if files:
                     mp4 = tree.join(folder.location, f"{video_id}{VIDEO_SUFFIX}")
                     refs.append(VideoRef(video_id, "train", mp4, files))
@@ -161,13 +161,14 @@ def recognise(tree: SourceTree, masklets: str) -> list[VideoRef]:
 
 
 def annotation_files(
-    tree: SourceTree, folder: Folder, video_id: str, masklets: str
+    tree: SourceTree, folder: Folder, names: set[str], video_id: str, masklets: str
 ) -> tuple[str, ...]:
-    """The annotation files of `video_id` in `folder` to read for `masklets` (manual, auto or
-    all); the auto file is often missing (2,147 of SA-V's training videos have none)."""
+    """The annotation files of `video_id` in `folder` (whose file names are `names`) to read
+    for `masklets` (manual, auto or all); the auto file is often missing (2,147 of SA-V's
+    training videos have none)."""
     files = []
     if masklets in ("manual", "all"):
         files.append(tree.join(folder.location, f"{video_id}{MANUAL_SUFFIX}"))
-    if masklets in ("auto", "all") and f"{video_id}{AUTO_SUFFIX}" in folder.files:
+    if masklets in ("auto", "all") and f"{video_id}{AUTO_SUFFIX}" in names:
         files.append(tree.join(folder.location, f"{video_id}{AUTO_SUFFIX}"))
     return tuple(files)
