@@ -112,7 +112,7 @@ class BuildReport:
     items: int
     bytes: int
     seconds: float
-    resumed: int = 0  # units found already committed
+    resumed: int = 0  # units found already baked by an earlier run (of a build or an append)
     already_complete: bool = False  # nothing was baked: the store already held the selection
     failures: list[dict[str, str]] = field(default_factory=list)
     frames_baked: int = 0  # frames this run baked
@@ -637,7 +637,7 @@ class _Builder:
         self.lock.check()
         attrs = _commit(store, attrs, units, self.started, self.workers)
         self.report.built = True
-        self.report.resumed = resumed
+        self.report.resumed += resumed
         return attrs
 
     def _grow(self, settings: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
@@ -672,7 +672,8 @@ class _Builder:
             )
         self.appending = True
         self.store.prepare_build_dir()
-        units, _ = self._bake_plan(settings, plan)
+        units, resumed = self._bake_plan(settings, plan)
+        self.report.resumed += resumed
         self.phase = "committing"
         self.lock.check()
         records = _committed_records(self.store, units)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,30 @@ def three_object_videos(
         SampleVideo(f"{prefix}{i:02d}", width, height, first_length + step * i, (disc, box, auto))
         for i in range(6)
     ]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill9(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the build and check that its workers die with it (no orphan keeps writing)."""
+    workers = children_of(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "worker processes outlived the killed build"
+        time.sleep(0.01)
 
 
 def build_store(src: Path, out: Path, **options: object) -> Path:

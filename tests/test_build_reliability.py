@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, build_store, cli_build, three_object_videos
+from conftest import CLI, build_store, children_of, cli_build, kill9, three_object_videos
 
 from prebake.build import BuildOptions, build
 from prebake.demo import SampleVideo, write_sample
@@ -85,30 +85,6 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], what
             process.kill()
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.002)
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def kill9(process: subprocess.Popen[str]) -> None:
-    """SIGKILL the build and check that its workers die with it (no orphan keeps writing)."""
-    workers = children_of(process.pid)
-    process.kill()
-    process.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in workers):
-        assert time.monotonic() < deadline, "worker processes outlived the killed build"
-        time.sleep(0.01)
 
 
 def records(out: Path) -> list[Path]:
