@@ -359,7 +359,9 @@ class RemotePath:
 
     # -- reading and writing --------------------------------------------------------------------
     def open(self, mode: str = "r", **options: Any) -> IO[Any]:
-        return self.fs.open(self.path, mode, **options)
+        # Fresh: an object rewritten since it was listed (a store that grew) must not be
+        # opened by a cached ETag, which S3 refuses.
+        return self._fresh().open(self.path, mode, **options)
 
     def read_bytes(self) -> bytes:
         return bytes(self.fs.cat_file(self.path))

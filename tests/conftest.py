@@ -6,8 +6,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import zarr
 
 from prebake.build import BuildOptions, build
 from prebake.demo import SampleObject, SampleVideo, write_sample
@@ -63,6 +66,35 @@ def kill9(process: subprocess.Popen[str]) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in workers):
         assert time.monotonic() < deadline, "worker processes outlived the killed build"
         time.sleep(0.01)
+
+
+def items_by_key(root: zarr.Group) -> dict[tuple[str, int, str, int], tuple[Any, ...]]:
+    """Every item of a store by (video id, frame index, masklet type, masklet id): its four
+    rows' bytes, area and prompt cells, read through zarr-python (not prebake's reader). Two
+    stores of one source hold the same items, whatever their order (a store that grew)."""
+    ids = root["videos/video_id"][:]
+    kinds = root.attrs["prebake"]["masklet_types"]
+    names = ("video", "frame_index", "masklet_type", "masklet_id", "frame_row", "mask_row")
+    table = {name: root[f"items/{name}"][:] for name in (*names, "area", "prompt_cells")}
+    found = {}
+    for i in range(len(table["video"])):
+        key = (
+            str(ids[table["video"][i]]),
+            int(table["frame_index"][i]),
+            str(kinds[int(table["masklet_type"][i])]),
+            int(table["masklet_id"][i]),
+        )
+        frame, mask = int(table["frame_row"][i]), int(table["mask_row"][i])
+        found[key] = (
+            *(
+                np.asarray(root[name][frame]).tobytes()
+                for name in ("pixel_values", "g_pixel_values")
+            ),
+            *(np.asarray(root[name][mask]).tobytes() for name in ("masks", "prompt_masks")),
+            int(table["area"][i]),
+            int(table["prompt_cells"][i]),
+        )
+    return found
 
 
 def build_store(src: Path, out: Path, **options: object) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from conftest import CLI, children_of, kill9
+from conftest import CLI, children_of, items_by_key, kill9
 from reference import assert_store_matches, expected_items
 
 from prebake.build import BuildOptions, BuildReport, build
@@ -107,37 +107,7 @@ def shard_files(files: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def stored_items(store: Path) -> dict[tuple[str, int, str, int], tuple[Any, ...]]:
-    """Every item of a store by (video id, frame index, masklet type, masklet id): its four
-    rows' bytes, area and prompt cells (read through zarr-python, not prebake's reader)."""
-    root = zarr.open_group(store, mode="r")
-    ids = root["videos/video_id"][:]
-    kinds = root.attrs["prebake"]["masklet_types"]
-    table = {
-        name: root[f"items/{name}"][:]
-        for name in (
-            *("video", "frame_index", "masklet_type", "masklet_id"),
-            *("frame_row", "mask_row", "area", "prompt_cells"),
-        )
-    }
-    found = {}
-    for i in range(len(table["video"])):
-        key = (
-            str(ids[table["video"][i]]),
-            int(table["frame_index"][i]),
-            kinds[int(table["masklet_type"][i])],
-            int(table["masklet_id"][i]),
-        )
-        frame, mask = int(table["frame_row"][i]), int(table["mask_row"][i])
-        found[key] = (
-            *(
-                np.asarray(root[name][frame]).tobytes()
-                for name in ("pixel_values", "g_pixel_values")
-            ),
-            *(np.asarray(root[name][mask]).tobytes() for name in ("masks", "prompt_masks")),
-            int(table["area"][i]),
-            int(table["prompt_cells"][i]),
-        )
-    return found
+    return items_by_key(zarr.open_group(store, mode="r"))
 
 
 def videos_of(store: Path) -> dict[str, dict[str, Any]]:
