@@ -655,6 +655,7 @@ class _Builder:
             self.cluster()
         self.phase = "planning"
         self.appending = True
+        store.clear_build_dir()
         store.prepare_build_dir()
         plan = self._make_plan(settings, growth.units, "append", Base.of(attrs))
         plan.update(id=uuid.uuid4().hex, selection=selection_of(options))

@@ -198,13 +198,10 @@ def _print_build(report: BuildReport, out: str) -> None:
     for change in report.source_changes:
         typer.echo(f"prebake: {change}", err=True)
     if report.failures:
-        typer.echo(
-            f"{len(report.failures)} videos failed and were skipped "
-            "(--retry-failed bakes them again):",
-            err=True,
-        )
+        typer.echo(f"{len(report.failures)} videos failed and were skipped:", err=True)
         for failure in report.failures:
             typer.echo(f"  {failure['video_id']}: {failure['reason']}", err=True)
+        typer.echo("(once they are fixed, --retry-failed bakes them again)", err=True)
     if report.problems:
         raise typer.Exit(1)
 

@@ -141,6 +141,14 @@ class StoreDir:
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.record_path(record["index"]), record)
 
+    def clear_build_dir(self) -> None:
+        """Empty the build folder but for the lock: a new plan starts with no records or staged
+        tables of an earlier one (an append committed just before a crash leaves them)."""
+        if self.build_dir.exists():
+            for child in self.build_dir.iterdir():
+                if child.name != self.lock_path.name:
+                    _remove(child)
+
     def clear(self) -> None:
         """Remove everything but the lock: --overwrite, or a start over.
 
