@@ -69,7 +69,8 @@ def build(
     src: Annotated[
         str,
         typer.Option(
-            "--src", help="SA-V source: a folder or an fsspec URL (searched recursively)."
+            "--src",
+            help="SA-V source: a folder or an fsspec URL (searched recursively, links to folders followed; any mix of layouts).",
         ),
     ],
     out: Annotated[

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import CLI, build_store, items_by_key, three_object_videos
+from conftest import CLI, build_store, children_of, items_by_key, three_object_videos
 from moto.server import ThreadedMotoServer
-from test_build_reliability import assert_same_store, children_of, records
+from test_build_reliability import assert_same_store, records
 
 from prebake.build import BuildOptions, build
 from prebake.demo import SampleVideo, default_sample, write_sample
