@@ -27,6 +27,8 @@ from prebake.errors import PrebakeError
 from prebake.sources import find_videos, fingerprint
 
 TRAIN_SHARE, FRAMES_SHARE = 0.6, 0.25  # of the files; the rest is the val/test layout
+# Video ids: training videos from sav_000000 (up to 200 k of them: a 1 M-file tree), frame
+# folders from sav_600000, val videos from sav_800000, so no id is found twice.
 VIDEOS_PER_SPLIT = 1000  # SA-V's training tars hold about 900 videos each
 FRAMES_PER_FOLDER = 20  # an extracted frame folder: every 4th frame of an 80-frame clip
 VAL_FRAMES, VAL_OBJECTS, VAL_MASKS = 40, 2, 10  # every frame, and masks at every 4th
@@ -57,7 +59,7 @@ def write_tree(root: Path, files: int = 50_000) -> dict[str, int]:
     per_val = VAL_FRAMES + VAL_OBJECTS * VAL_MASKS
     val_videos = int(files * (1 - TRAIN_SHARE - FRAMES_SHARE)) // per_val
     for v in range(val_videos):
-        video_id = f"sav_{200000 + v:06d}"
+        video_id = f"sav_{800000 + v:06d}"
         frames = root / "sav_val" / "JPEGImages_24fps" / video_id
         frames.mkdir(parents=True)
         for i in range(VAL_FRAMES):
@@ -71,7 +73,7 @@ def write_tree(root: Path, files: int = 50_000) -> dict[str, int]:
     (root / "extracted" / "annotations").mkdir(parents=True)
     v = 0
     while files - written["files"] > FRAMES_PER_FOLDER + 1:
-        video_id = f"sav_{100000 + v:06d}"
+        video_id = f"sav_{600000 + v:06d}"
         frames = root / "extracted" / "JPEGImages" / video_id
         frames.mkdir(parents=True)
         for i in range(FRAMES_PER_FOLDER):
@@ -79,7 +81,7 @@ def write_tree(root: Path, files: int = 50_000) -> dict[str, int]:
         touch(root / "extracted" / "annotations" / f"{video_id}_manual.json")
         written["frames"] += 1
         v += 1
-    last = root / "extracted" / "JPEGImages" / f"sav_{100000 + v - 1:06d}"
+    last = root / "extracted" / "JPEGImages" / f"sav_{600000 + v - 1:06d}"
     for i in range(files - written["files"]):  # make the count exact
         touch(last / f"{4 * (FRAMES_PER_FOLDER + i):05d}.jpg")
     return written
