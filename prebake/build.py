@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing
 import os
 import queue
 import signal
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
@@ -39,7 +41,15 @@ import numpy as np
 
 from prebake import decoding, transforms
 from prebake.errors import PrebakeError, SourceError, StoreError
-from prebake.sources import MASKLET_TYPES, discover, open_video
+from prebake.sources import (
+    MASKLET_TYPES,
+    NOT_FOUND_HINT,
+    Discovery,
+    find_videos,
+    fingerprint,
+    open_video,
+    select,
+)
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.sources.base import VideoRef
 from prebake.storage import (
@@ -48,19 +58,14 @@ from prebake.storage import (
     as_path,
     is_url,
     location_text,
-    relative_location,
     tree_bytes,
 )
+from prebake.store.growth import StoredVideos, commit_append, pending_append, plan_growth
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.lock import RemoteStoreLock, StoreLock
 from prebake.store.plan import UnitPlan, assign_rows, decode_ints, encode_ints, items_of
-from prebake.store.schema import (
-    DATA_ARRAYS,
-    SCHEMA_NAME,
-    SCHEMA_VERSION,
-    array_specs,
-    table_columns,
-)
+from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, SCHEMA_VERSION, array_specs
+from prebake.store.tables import Base, make_tables
 from prebake.store.writer import RowStream, StoreWriteError, remove_shards
 from prebake.versions import library_versions
 
@@ -99,6 +104,7 @@ class BuildOptions:
     # How decoded mp4 frames become RGB (prebake.decoding.CONVERSIONS). Not a command option:
     # "opencv" is the reference; "legacy" bakes stores as prebake did before, for tests only.
     decoder_conversion: str = "opencv"
+    retry_failed: bool = False  # bake the videos recorded as failed again (as new units)
 
 
 @dataclass
@@ -110,13 +116,27 @@ class BuildReport:
     items: int
     bytes: int
     seconds: float
-    resumed: int = 0  # units found already committed
-    already_complete: bool = False
+    resumed: int = 0  # units found already baked by an earlier run (of a build or an append)
+    already_complete: bool = False  # nothing was baked: the store already held the selection
     failures: list[dict[str, str]] = field(default_factory=list)
+    frames_baked: int = 0  # frames this run baked
+    built: bool = False  # this run committed a fresh build
+    added: int = 0  # videos this run added to a complete store
+    retried: int = 0  # failed videos this run baked again
+    retried_ok: int = 0  # of those, baked now
+    source_problems: list[str] = field(default_factory=list)  # unreadable links and folders
+    source_changes: list[str] = field(default_factory=list)  # baked videos changed or gone
+    source_notes: list[str] = field(default_factory=list)  # files that pair with nothing
+
+    @property
+    def problems(self) -> bool:
+        """Anything that makes `prebake build` exit 1."""
+        return bool(self.failures or self.source_problems or self.source_changes)
 
     @property
     def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        """Frames baked by this run per second of it."""
+        return self.frames_baked / self.seconds if self.seconds > 0 else 0.0
 
 
 def settings_of(options: BuildOptions) -> dict[str, Any]:
@@ -131,12 +151,18 @@ def settings_of(options: BuildOptions) -> dict[str, Any]:
         pillow_rule=options.pillow_rule,
         decoding=decoding.decoding_settings(options.decoder_conversion),
     )
-    source = {
-        "root": location_text(as_path(options.src, options.storage_options)),
+    # The source root, not the selection (--videos, --limit): a selection says what to add.
+    source = {"root": location_text(as_path(options.src, options.storage_options))}
+    return {"params": params, "source": source, "pillow": library_versions()["pillow"]}
+
+
+def selection_of(options: BuildOptions) -> dict[str, Any]:
+    """What one run asked to bake (recorded with the build or append it made)."""
+    return {
         "videos_filter": sorted(options.video_ids) if options.video_ids is not None else None,
         "limit": options.limit,
+        "retry_failed": options.retry_failed,
     }
-    return {"params": params, "source": source, "pillow": library_versions()["pillow"]}
 
 
 def one_line(text: str) -> str:
@@ -387,9 +413,14 @@ def _lock_of(store: StoreDir) -> StoreLock | RemoteStoreLock:
 
 def _tidy(store: StoreDir, created: bool) -> None:
     """Leave no build folder where it holds nothing to resume: in a complete store (however
-    this run ended) or where nothing was committed yet (the run failed or stopped planning)."""
+    this run ended) or where nothing was committed yet (the run failed or stopped planning).
+    An append not committed yet keeps its folder, so the next run finishes it."""
     attrs = store.attrs()
-    if attrs is None or attrs.get("state") == "complete":
+    try:
+        pending = pending_append(store, attrs)
+    except StoreError:
+        return
+    if pending is None and (attrs is None or attrs.get("state") == "complete"):
         store.remove_build_dir()
         if created and isinstance(store.path, Path) and not any(store.path.iterdir()):
             store.path.rmdir()
@@ -504,8 +535,14 @@ class _Builder:
         self.src = as_path(options.src, options.storage_options)
         self.storage_options = options.storage_options
         self.phase = "starting"
+        self.appending = False  # baking an append: the store serves what it held before
         self.committed = 0  # units with a record (earlier runs included)
         self.planned = 0
+        self.started = time.time()
+        self.report = BuildReport(self.store.path, 0, 0, 0, 0, 0, 0.0)  # what this run did
+        self.frames_baked = 0
+        self.baked_ids: set[str] = set()  # videos baked (or failed) in this run
+        self._found: Discovery | None = None
         self._pool: _WorkerPool | None = None
         self._cluster: DaskCluster | None = None
         self._finished = False
@@ -541,42 +578,146 @@ class _Builder:
 
     def interrupted_message(self) -> str:
         where = self.store.path
+        kept = "; the store still serves what it held before" if self.appending else ""
         if self.phase in ("starting", "planning"):
             return (
-                f"{where}: interrupted while planning, nothing baked yet; "
+                f"{where}: interrupted while planning, nothing baked yet{kept}; "
                 "run the same command again to start"
             )
         if self.phase == "baking":
             return (
                 f"{where}: interrupted; {self.committed} of {self.planned} videos are committed "
-                "and kept; run the same command again to resume"
+                f"and kept{kept}; run the same command again to resume"
             )
         return f"{where}: interrupted while finishing; run the same command again to finish"
 
     def run(self) -> BuildReport:
+        """Finish what an earlier run left (a build or an append), or build afresh; then add
+        what the source holds and the store lacks (`prebake.store.growth`)."""
         options, store = self.options, self.store
-        started = time.time()
         settings = settings_of(options)
         attrs = None if options.overwrite else store.attrs()
         if attrs is not None:
             _check_settings(store.path, attrs.get("settings") or {}, settings)
-            if attrs["state"] == "complete":
-                self._finished = True
-                return _report_from_attrs(store.path, attrs, already_complete=True)
-        if options.dask is not None:
-            self.cluster()  # an unreachable scheduler stops the build before it writes anything
+        append = pending_append(store, attrs)
+        if attrs is not None and append is not None:
+            attrs = self._append(settings, attrs, append)
+        elif attrs is None or attrs["state"] != "complete":
+            attrs = self._build(settings, attrs)
+        attrs = self._grow(settings, attrs)
+        self._finished = True
+        return self._report(attrs)
+
+    def discovery(self) -> Discovery:
+        """The source, walked once per run."""
+        if self._found is None:
+            self._found = find_videos(
+                self.src, layout=self.options.layout, masklets=self.options.masklets
+            )
+            for problem in self._found.problems:
+                _say(self.options, f"warning: {problem}")
+        return self._found
+
+    def _build(self, settings: dict[str, Any], attrs: dict[str, Any] | None) -> dict[str, Any]:
+        """A fresh build, or the resumption of one: plan, bake, commit."""
+        options, store = self.options, self.store
         plan = store.read_plan() if attrs is not None else None
-        if plan is None or plan["settings"] != settings:
+        if attrs is None or plan is None or plan["settings"] != settings:
+            if options.dask is not None:
+                self.cluster()  # an unreachable scheduler stops the build before it writes
             self.phase = "planning"
             store.clear()
             store.prepare_build_dir()
-            plan = self._make_plan(settings)
+            found = self.discovery()
+            refs = select(found.src, found.refs, options.video_ids, options.limit)
+            if not refs:  # a wrong --src would otherwise give an empty store and exit 0
+                unread = (
+                    f"; {len(found.problems)} paths could not be read, first: {found.problems[0]}"
+                    if found.problems
+                    else ""
+                )
+                raise StoreError(
+                    f"{self.src}: no SA-V videos found with --layout {options.layout} and "
+                    f"--masklets {options.masklets} ({NOT_FOUND_HINT}){unread}"
+                )
+            plan = self._make_plan(settings, list(enumerate(refs)), "build", Base())
             store.write_plan(plan)
-            attrs = _initial_attrs(settings, plan, started, self.workers)
+            attrs = _initial_attrs(settings, plan, self.started, self.workers)
+            attrs["build"].update(selection_of(options))
             store.create(attrs, settings["params"])
         else:
             store.prepare_build_dir()
-        assert attrs is not None
+        units, resumed = self._bake_plan(settings, plan)
+        self.phase = "committing"
+        self.lock.check()
+        attrs = _commit(store, attrs, units, self.started, self.workers)
+        self.report.built = True
+        self.report.resumed += resumed
+        return attrs
+
+    def _grow(self, settings: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
+        """Add the selected videos the store lacks (and retry failed ones): an append."""
+        options, store = self.options, self.store
+        found = self.discovery()
+        selected = select(found.src, found.refs, options.video_ids, options.limit)
+        if options.retry_failed:  # a video failed in this run is not baked twice
+            selected = [ref for ref in selected if ref.video_id not in self.baked_ids]
+        growth = plan_growth(StoredVideos.read(store), found, selected, options.retry_failed)
+        self.report.source_changes = growth.changes
+        if not growth.units:
+            return attrs
+        if options.dask is not None:
+            self.cluster()
+        self.phase = "planning"
+        self.appending = True
+        store.clear_build_dir()
+        store.prepare_build_dir()
+        plan = self._make_plan(settings, growth.units, "append", Base.of(attrs))
+        plan.update(id=uuid.uuid4().hex, selection=selection_of(options))
+        store.write_plan(plan)
+        return self._append(settings, attrs, plan)
+
+    def _append(
+        self, settings: dict[str, Any], attrs: dict[str, Any], plan: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Bake an append's units into new shards and commit it (or finish committing it)."""
+        if Base(**plan["base"]) != Base.of(attrs):
+            raise StoreError(
+                f"{self.store.path}: the pending append was planned for other contents "
+                f"({plan['base']}); rebuild with --overwrite"
+            )
+        self.appending = True
+        self.store.prepare_build_dir()
+        units, resumed = self._bake_plan(settings, plan)
+        self.report.resumed += resumed
+        self.phase = "committing"
+        self.lock.check()
+        records = _committed_records(self.store, units)
+        finished = time.time()
+        run = {
+            "started": _iso(self.started),
+            "finished": _iso(finished),
+            "seconds": round(finished - self.started, 3),
+            "workers": self.workers,
+        }
+        attrs = commit_append(self.store, attrs, plan, units, records, run)
+        self.store.remove_build_dir()
+        retried = [unit for unit in units if unit.index < plan["base"]["videos"]]
+        ok = {
+            unit.index
+            for unit, record in zip(units, records, strict=True)
+            if record["status"] == "ok"
+        }
+        self.report.added += len(units) - len(retried)
+        self.report.retried += len(retried)
+        self.report.retried_ok += sum(unit.index in ok for unit in retried)
+        return attrs
+
+    def _bake_plan(
+        self, settings: dict[str, Any], plan: dict[str, Any]
+    ) -> tuple[list[UnitPlan], int]:
+        """Bake every unit of `plan` without a record; return its units and how many had one."""
+        store = self.store
         self.phase = "baking"
         units = [UnitPlan.from_json(unit) for unit in plan.pop("units")]  # kept compact only
         records = store.read_records(unit.index for unit in units)
@@ -590,35 +731,43 @@ class _Builder:
         self.committed = len(units) - len(todo)
         resumed = sum(unit.status == "planned" for unit in units) - len(todo)
         if resumed:
-            _say(options, f"resuming: {resumed} videos already baked, {len(todo)} to go")
+            _say(self.options, f"resuming: {resumed} videos already baked, {len(todo)} to go")
         self._bake(settings["params"], todo)
-        self.phase = "committing"
-        self.lock.check()
-        report = _commit(store, attrs, units, started, resumed, self.workers)
-        self._finished = True
+        self.baked_ids.update(unit.video_id for unit in units)
+        return units, resumed
+
+    def _report(self, attrs: dict[str, Any]) -> BuildReport:
+        report = _report_from_attrs(
+            self.store.path,
+            attrs,
+            already_complete=not (self.report.built or self.report.added or self.report.retried),
+            resumed=self.report.resumed,
+            seconds=time.time() - self.started,
+        )
+        found = self.discovery()
+        report.built, report.added = self.report.built, self.report.added
+        report.retried, report.retried_ok = self.report.retried, self.report.retried_ok
+        report.frames_baked = self.frames_baked
+        report.source_problems = list(found.problems)
+        report.source_notes = list(found.notes)
+        report.source_changes = self.report.source_changes
         return report
 
-    def _make_plan(self, settings: dict[str, Any]) -> dict[str, Any]:
+    def _make_plan(
+        self,
+        settings: dict[str, Any],
+        refs: list[tuple[int, VideoRef]],
+        kind: str,
+        base: Base,
+    ) -> dict[str, Any]:
+        """Plan `refs` (video row, where the video is): open each, list its frames and items,
+        give it rows from `base`'s capacity on, and record its source's fingerprint."""
         from tqdm import tqdm
 
         options = self.options
-        refs = list(
-            enumerate(
-                discover(
-                    self.src,
-                    layout=options.layout,
-                    masklets=options.masklets,
-                    video_ids=options.video_ids,
-                    limit=options.limit,
-                )
-            )
-        )
-        if not refs:  # a wrong --src would otherwise give an empty store and exit 0
-            raise StoreError(
-                f"{self.src}: no SA-V videos found with --layout {options.layout} and "
-                f"--masklets {options.masklets} (looked for <id>.mp4 + <id>_manual.json, "
-                "<id>/00000.jpg + <id>_manual.json, JPEGImages_24fps/ + Annotations_6fps/)"
-            )
+        tree = self.discovery().tree
+        # Fingerprints before the videos are opened: a change while planning shows later.
+        fingerprints = {index: fingerprint(tree, ref) for index, ref in refs}
         units: list[UnitPlan] = []
         with tqdm(
             total=len(refs), desc="planning", unit="video", disable=not options.progress
@@ -644,11 +793,19 @@ class _Builder:
                     units.extend(planned)
                     bar.update(len(planned))
         units.sort(key=lambda unit: unit.index)
+        for unit in units:
+            unit.fingerprint = fingerprints[unit.index]
         frame_rows, item_rows = assign_rows(
-            units, options.frames_per_shard, options.items_per_shard
+            units,
+            options.frames_per_shard,
+            options.items_per_shard,
+            base.frame_rows,
+            base.item_rows,
         )
         return {
+            "kind": kind,
             "settings": settings,
+            "base": dataclasses.asdict(base),
             "frame_rows": frame_rows,
             "item_rows": item_rows,
             "units": [u.to_json() for u in units],
@@ -680,6 +837,7 @@ class _Builder:
         )
         failed = 0
         records = _RecordWriter(self.store)
+        frames_of = {unit.index: len(unit.frame_indices) for unit in todo}
 
         def commit_record(record: dict[str, Any]) -> None:
             nonlocal failed
@@ -687,6 +845,8 @@ class _Builder:
             records.write(record)
             self.committed += 1
             failed += record["status"] != "ok"
+            if record["status"] == "ok":
+                self.frames_baked += frames_of[record["index"]]
             bar.set_postfix_str(f"videos {self.committed}/{self.planned}, failed {failed}")
 
         try:
@@ -846,6 +1006,7 @@ def _initial_attrs(
         "counts": {},
         "failures": [],
         "build": {"started": _iso(started), "workers": workers},
+        "appends": [],
     }
 
 
@@ -853,14 +1014,8 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _commit(
-    store: StoreDir,
-    attrs: dict[str, Any],
-    units: list[UnitPlan],
-    started: float,
-    resumed: int,
-    workers: int,
-) -> BuildReport:
+def _committed_records(store: StoreDir, units: list[UnitPlan]) -> list[dict[str, Any]]:
+    """Every unit's record, in unit order, prompt cells decoded."""
     records = []
     stored = store.read_records(unit.index for unit in units)
     for unit in units:
@@ -869,6 +1024,14 @@ def _commit(
         if record["status"] == "ok":
             record["prompt_cells"] = decode_ints(record["prompt_cells"], PROMPT_CELLS_DTYPE)
         records.append(record)
+    return records
+
+
+def _commit(
+    store: StoreDir, attrs: dict[str, Any], units: list[UnitPlan], started: float, workers: int
+) -> dict[str, Any]:
+    """Commit a fresh build: tables, then the attributes that mark the store complete."""
+    records = _committed_records(store, units)
     store.write_tables(make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"]))
     baked = [unit for unit, record in zip(units, records, strict=True) if record["status"] == "ok"]
     failures = [
@@ -894,73 +1057,7 @@ def _commit(
     }
     store.set_attrs(attrs)
     store.remove_build_dir()
-    return _report_from_attrs(store.path, attrs, resumed=resumed, seconds=finished - started)
-
-
-def make_tables(
-    units: list[UnitPlan], records: list[dict[str, Any]], frame_rows: int, source_root: str
-) -> Iterator[tuple[str, np.ndarray]]:
-    """The row tables from the plan and the unit records, in plan order (so deterministic).
-
-    Yielded one table at a time: the item columns of all SA-V are gigabytes together.
-    """
-    specs = array_specs()
-    baked = [
-        (row, unit, record)
-        for row, (unit, record) in enumerate(zip(units, records, strict=True))
-        if record["status"] == "ok"
-    ]
-    for key in ("video", "frame_index"):
-        column = np.full(frame_rows, -1, dtype=np.int32)
-        for row, unit, _ in baked:
-            rows = slice(unit.frame_row, unit.frame_row + len(unit.frame_indices))
-            column[rows] = row if key == "video" else unit.frame_indices
-        yield f"frames/{key}", column
-    for key in table_columns("items"):
-        dtype = specs[f"items/{key}"].numpy_dtype
-        parts = [_item_column(key, *entry).astype(dtype, copy=False) for entry in baked]
-        yield f"items/{key}", np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    ok = {row for row, _, _ in baked}
-    for key in table_columns("videos"):
-        values = [_video_value(key, unit, row in ok, source_root) for row, unit in enumerate(units)]
-        yield f"videos/{key}", np.array(values, dtype=specs[f"videos/{key}"].numpy_dtype)
-
-
-def _item_column(key: str, row: int, unit: UnitPlan, record: dict[str, Any]) -> np.ndarray:
-    """One item column of one baked unit (int64 wherever a row number may pass 2**31)."""
-    t, k, area = unit.items.T
-    if key == "frame_row":
-        return t.astype(np.int64) + unit.frame_row
-    if key == "mask_row":
-        return np.arange(len(t), dtype=np.int64) + unit.item_row
-    if key == "video":
-        return np.full(len(t), row, dtype=np.int64)
-    if key == "frame_index":
-        return unit.frame_indices[t]
-    if key == "masklet_id":
-        return np.array([masklet_id for _, masklet_id in unit.masklets], dtype=np.int64)[k]
-    if key == "masklet_type":
-        return np.array([MASKLET_TYPES.index(kind) for kind, _ in unit.masklets], np.int64)[k]
-    if key == "area":
-        return area
-    cells: np.ndarray = record["prompt_cells"]
-    if len(cells) != len(t):
-        raise StoreError(f"record of unit {unit.index} has {len(cells)} items, plan {len(t)}")
-    return cells
-
-
-def _video_value(key: str, unit: UnitPlan, ok: bool, source_root: str) -> Any:
-    if key == "source":
-        return relative_location(unit.frames, source_root)
-    if key == "status":
-        return "ok" if ok else "failed"
-    if key == "frames":
-        return len(unit.frame_indices) if ok else 0
-    if key == "items":
-        return len(unit.items) if ok else 0
-    if key in ("frame_row", "item_row"):
-        return getattr(unit, key) if ok else -1
-    return getattr(unit, key)
+    return attrs
 
 
 def _report_from_attrs(

@@ -1,6 +1,7 @@
 """The `prebake` command: a thin typer shell over functions usable from Python.
 
-Exit codes: 0 done, 1 done but problems found (videos that failed to bake, a store that fails
+Exit codes: 0 done, 1 done but problems found (videos that failed to bake, source links that
+cannot be followed, baked videos whose source changed or vanished, a store that fails
 verification), 2 could not run (bad arguments, no store, store locked or built otherwise),
 130 interrupted. Errors are one line on stderr, never a traceback.
 """
@@ -11,11 +12,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from prebake.errors import PrebakeError
+
+if TYPE_CHECKING:
+    from prebake.build import BuildReport
 
 app = typer.Typer(
     help="Bake SA-V frames and masklets once into sharded Zarr v3 stores for Sa2VA-style training.",
@@ -65,14 +69,15 @@ def build(
     src: Annotated[
         str,
         typer.Option(
-            "--src", help="SA-V source: a folder or an fsspec URL (searched recursively)."
+            "--src",
+            help="SA-V source: a folder or an fsspec URL (searched recursively, links to folders followed; any mix of layouts).",
         ),
     ],
     out: Annotated[
         str,
         typer.Option(
             "--out",
-            help="Store to create, or to resume if it is incomplete: a folder or an fsspec URL.",
+            help="Store to create, resume if it is incomplete, or add the source's new videos to if it is complete: a folder or an fsspec URL.",
         ),
     ],
     workers: Annotated[
@@ -86,10 +91,15 @@ def build(
         str, typer.Option(help="Source layout: auto (detect), train, frames or png.")
     ] = "auto",
     limit: Annotated[
-        int | None, typer.Option(help="Bake only the first N videos (by id).", min=1)
+        int | None,
+        typer.Option(
+            help="Bake only the first N videos (by id); a larger N later adds the next ones.",
+            min=1,
+        ),
     ] = None,
     videos: Annotated[
-        Path | None, typer.Option(help="File listing the video ids to bake, one per line.")
+        Path | None,
+        typer.Option(help="File listing the video ids to bake (or to add), one per line."),
     ] = None,
     frames_per_shard: Annotated[
         int, typer.Option(help="Frames per shard file of the image arrays.", min=1)
@@ -99,6 +109,10 @@ def build(
     ] = 1024,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Bake the videos the store records as failed again."),
     ] = False,
     dask: Annotated[
         str | None,
@@ -149,6 +163,7 @@ def build(
         frames_per_shard=frames_per_shard,
         items_per_shard=items_per_shard,
         overwrite=overwrite,
+        retry_failed=retry_failed,
         progress=not quiet,
         storage_options=options_of_fsspec,
         dask=dask,
@@ -160,22 +175,47 @@ def build(
         _fail(str(error), 130)
     except PrebakeError as error:
         _fail(str(error))
-    if report.already_complete:
-        typer.echo(
-            f"{out}: already complete ({report.videos} videos, {report.frames} frames, {report.items} items); nothing to do"
-        )
-    else:
-        per_frame = report.bytes / report.frames if report.frames else 0
+    _print_build(report, out)
+
+
+def _print_build(report: BuildReport, out: str) -> None:
+    """The summary on stdout; what went wrong on stderr, one line each (then exit 1)."""
+    for note in report.source_notes:
+        typer.echo(f"note: {note}", err=True)
+    per_frame = report.bytes / report.frames if report.frames else 0
+    held = (
+        f"{report.videos} videos, {report.frames} frames, {report.items} items, "
+        f"{_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame)"
+    )
+    if report.built:
         typer.echo(
             f"baked {report.videos - report.videos_failed}/{report.videos} videos, {report.frames} frames, "
             f"{report.items} items into {out}: {_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame) "
             f"in {report.seconds:.1f} s, {report.frames_per_second:.1f} frames/s"
             + (f" ({report.resumed} videos were already baked)" if report.resumed else "")
         )
+    if report.added or report.retried:
+        retried = (
+            f", {report.retried} failed videos retried ({report.retried_ok} baked now)"
+            if report.retried
+            else ""
+        )
+        typer.echo(
+            f"{report.added} videos added to {out}{retried} in {report.seconds:.1f} s, "
+            f"{report.frames_baked} frames baked; the store holds {held}"
+        )
+    if report.already_complete:
+        typer.echo(f"{out}: already complete ({held}); nothing to add")
+    for problem in report.source_problems:
+        typer.echo(f"prebake: {problem}", err=True)
+    for change in report.source_changes:
+        typer.echo(f"prebake: {change}", err=True)
     if report.failures:
         typer.echo(f"{len(report.failures)} videos failed and were skipped:", err=True)
         for failure in report.failures:
             typer.echo(f"  {failure['video_id']}: {failure['reason']}", err=True)
+        typer.echo("(once they are fixed, --retry-failed bakes them again)", err=True)
+    if report.problems:
         raise typer.Exit(1)
 
 
@@ -258,7 +298,9 @@ def show(
 
 @app.command()
 def bench(
-    store: Store,
+    store: Annotated[
+        Path | None, typer.Argument(help="Store to measure the reader on (optional).")
+    ] = None,
     src: Annotated[
         Path | None, typer.Option("--src", help="Also time the on-the-fly pipeline on this source.")
     ] = None,
@@ -267,13 +309,37 @@ def bench(
         typer.Option("--build-src", help="Also measure build scaling and memory on this source."),
     ] = None,
     items: Annotated[int, typer.Option(help="Items per reader measurement.", min=1)] = 200,
+    discovery: Annotated[
+        int | None,
+        typer.Option(
+            "--discovery",
+            help="Also time finding the videos of a generated tree of N empty SA-V-named files.",
+            min=1,
+        ),
+    ] = None,
+    append: Annotated[
+        bool,
+        typer.Option("--append", help="Also time adding a video to a store against a rebuild."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one run)."""
+    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
+    run); build scaling, discovery and appends on request."""
     from prebake.bench import format_bench, run_bench
 
+    if store is None and build_src is None and discovery is None and not append:
+        _fail("give a store (reader), --build-src, --discovery N or --append")
+    if store is None and src is not None:
+        _fail("--src times the reader's on-the-fly comparison: give a store too")
     try:
-        results = run_bench(store, src=src, build_src=build_src, items=items)
+        results = run_bench(
+            store,
+            src=src,
+            build_src=build_src,
+            items=items,
+            discovery_files=discovery,
+            append=append,
+        )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))

@@ -88,6 +88,7 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         "versions": attrs.get("versions", {}),
         "source": attrs.get("source", {}),
         "build": attrs.get("build", {}),
+        "appends": attrs.get("appends", []),
     }
 
 
@@ -148,19 +149,25 @@ def format_info(info: dict[str, Any]) -> str:
         f"{'and later runs' if rule >= 13 else 'and earlier run'}: --match-pillow)"
     )
     lines.append(f"  decoder {decoding.describe(params.get('decoding'))}")
-    source = info["source"]
+    source, build = info["source"], info["build"]
     lines.append(
-        f"  source {source.get('root')} (videos filter {source.get('videos_filter')}, limit {source.get('limit')})"
+        f"  source {source.get('root')} (first build: videos filter {build.get('videos_filter')}, "
+        f"limit {build.get('limit')})"
     )
     versions = info["versions"]
     lines.append("versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
-    build = info["build"]
     if build.get("finished"):
         lines.append(
             f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {build.get('workers')} workers"
         )
     else:
         lines.append(f"build: started {build.get('started')}, not finished")
+    for grown in info["appends"]:
+        lines.append(
+            f"append: {grown.get('started')}, {grown.get('videos_added')} videos added, "
+            f"{grown.get('videos_retried')} retried, {grown.get('seconds')} s "
+            f"(videos filter {grown.get('videos_filter')}, limit {grown.get('limit')})"
+        )
     failures = info["failures"]
     if failures:
         lines.append(f"failures ({len(failures)}):")

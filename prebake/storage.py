@@ -18,7 +18,7 @@ import fnmatch
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -110,11 +110,6 @@ def read_tail(path: Path | RemotePath, nbytes: int) -> bytes:
         return handle.read(nbytes)
 
 
-def sorted_paths(paths: Iterable[Path | RemotePath]) -> list[Path | RemotePath]:
-    """Paths in pathlib's order (part by part), local or remote alike."""
-    return sorted(paths, key=lambda path: path.parts)
-
-
 def storage_options_of(path: Path | RemotePath) -> StorageOptions | None:
     return path.storage_options if isinstance(path, RemotePath) else None
 
@@ -164,6 +159,14 @@ def zarr_store(path: Path | RemotePath, *, read_only: bool = True) -> Any:
     return FsspecStore.from_url(path.url, storage_options=path.storage_options, read_only=read_only)
 
 
+def _version(info: dict[str, Any]) -> str:
+    """What changes when an object is rewritten: its ETag (S3, GCS), else its modification time."""
+    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "mtime", "created"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return ""
+
+
 @dataclass(frozen=True)
 class RemoteStat:
     st_size: int
@@ -176,6 +179,7 @@ class _Listing:
     root: str
     files: dict[str, int]
     folders: set[str]
+    versions: dict[str, str]  # ETag, or else modification time, of each file (as listed)
 
     def covers(self, path: str) -> bool:
         return path == self.root or path.startswith(self.root + "/")
@@ -281,6 +285,11 @@ class RemotePath:
             for name, info in found.items()
             if info.get("type") != "directory"
         }
+        versions = {
+            name.rstrip("/"): _version(info)
+            for name, info in found.items()
+            if info.get("type") != "directory"
+        }
         folders = {
             name.rstrip("/") for name, info in found.items() if info.get("type") == "directory"
         }
@@ -294,8 +303,21 @@ class RemotePath:
         if files or folders:
             folders.add(self.path)
         return RemotePath(
-            self.fs, self.path, self.storage_options, _Listing(self.path, files, folders)
+            self.fs, self.path, self.storage_options, _Listing(self.path, files, folders, versions)
         )
+
+    def listing_entries(self) -> tuple[dict[str, tuple[int, str]], set[str]]:
+        """Everything under this folder as listed (by `listed`): {file: (size, version)} and
+        the folders, as filesystem paths."""
+        tree = self if self._listing is not None else self.listed()
+        assert tree._listing is not None
+        listing = tree._listing
+        files = {
+            name: (size, listing.versions.get(name, ""))
+            for name, size in listing.files.items()
+            if self._under(name)
+        }
+        return files, {name for name in listing.folders if self._under(name)}
 
     def _under(self, path: str) -> bool:
         return path == self.path or path.startswith(self.path + "/")
@@ -335,24 +357,11 @@ class RemotePath:
         """Children whose name matches `pattern` (one level, as prebake's patterns need)."""
         return iter([p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern)])
 
-    def rglob(self, pattern: str) -> Iterator[RemotePath]:
-        """Files and folders anywhere under this one whose name matches `pattern`."""
-        tree = self if self._listing is not None else self.listed()
-        assert tree._listing is not None
-        names = (*tree._listing.files, *tree._listing.folders)
-        return iter(
-            sorted(
-                tree._at(name)
-                for name in names
-                if name != self.path
-                and self._under(name)
-                and fnmatch.fnmatchcase(posixpath.basename(name), pattern)
-            )
-        )
-
     # -- reading and writing --------------------------------------------------------------------
     def open(self, mode: str = "r", **options: Any) -> IO[Any]:
-        return self.fs.open(self.path, mode, **options)
+        # Fresh: an object rewritten since it was listed (a store that grew) must not be
+        # opened by a cached ETag, which S3 refuses.
+        return self._fresh().open(self.path, mode, **options)
 
     def read_bytes(self) -> bytes:
         return bytes(self.fs.cat_file(self.path))

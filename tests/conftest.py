@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import zarr
 
 from prebake.build import BuildOptions, build
 from prebake.demo import SampleObject, SampleVideo, write_sample
@@ -37,6 +42,59 @@ def three_object_videos(
         SampleVideo(f"{prefix}{i:02d}", width, height, first_length + step * i, (disc, box, auto))
         for i in range(6)
     ]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill9(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the build and check that its workers die with it (no orphan keeps writing)."""
+    workers = children_of(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "worker processes outlived the killed build"
+        time.sleep(0.01)
+
+
+def items_by_key(root: zarr.Group) -> dict[tuple[str, int, str, int], tuple[Any, ...]]:
+    """Every item of a store by (video id, frame index, masklet type, masklet id): its four
+    rows' bytes, area and prompt cells, read through zarr-python (not prebake's reader). Two
+    stores of one source hold the same items, whatever their order (a store that grew)."""
+    ids = root["videos/video_id"][:]
+    kinds = root.attrs["prebake"]["masklet_types"]
+    names = ("video", "frame_index", "masklet_type", "masklet_id", "frame_row", "mask_row")
+    table = {name: root[f"items/{name}"][:] for name in (*names, "area", "prompt_cells")}
+    found = {}
+    for i in range(len(table["video"])):
+        key = (
+            str(ids[table["video"][i]]),
+            int(table["frame_index"][i]),
+            str(kinds[int(table["masklet_type"][i])]),
+            int(table["masklet_id"][i]),
+        )
+        frame, mask = int(table["frame_row"][i]), int(table["mask_row"][i])
+        found[key] = (
+            *(
+                np.asarray(root[name][frame]).tobytes()
+                for name in ("pixel_values", "g_pixel_values")
+            ),
+            *(np.asarray(root[name][mask]).tobytes() for name in ("masks", "prompt_masks")),
+            int(table["area"][i]),
+            int(table["prompt_cells"][i]),
+        )
+    return found
 
 
 def build_store(src: Path, out: Path, **options: object) -> Path:

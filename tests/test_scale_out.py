@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import CLI, build_store, three_object_videos
+from conftest import CLI, build_store, children_of, items_by_key, three_object_videos
 from moto.server import ThreadedMotoServer
-from test_build_reliability import assert_same_store, children_of, records
+from test_build_reliability import assert_same_store, records
 
 from prebake.build import BuildOptions, build
 from prebake.demo import SampleVideo, default_sample, write_sample
@@ -146,14 +146,28 @@ def assert_same_remote_store(s3: S3, url: str, reference: Path) -> None:
         data = s3.fs.cat_file(f"{prefix}/{key}")
         if key == "zarr.json":
             assert root_attrs(data) == root_attrs((reference / key).read_bytes())
-        else:
+        elif not key.startswith("videos/fingerprint/c/"):  # compared below
             assert data == (reference / key).read_bytes(), key
     remote = zarr.open_group(
         zarr.storage.FsspecStore.from_url(url, storage_options=s3.options), mode="r"
     )
     local = zarr.open_group(reference, mode="r")
+    assert same_fingerprints(remote, local)
     for name in ("items/video", "items/mask_row", "videos/source", "frames/frame_index"):
         assert np.array_equal(remote[name][:], local[name][:]), name  # type: ignore[index]
+
+
+def same_fingerprints(remote: zarr.Group, local: zarr.Group) -> bool:
+    """Source fingerprints by role, each stamp's first value: a file's size or a folder's
+    frame count. The second differs with where the source sat: an mtime here, an ETag in S3."""
+
+    def firsts(root: zarr.Group) -> list[dict[str, Any]]:
+        return [
+            {role: stamp[0] for role, stamp in json.loads(str(text)).items()}
+            for text in root["videos/fingerprint"][:]
+        ]
+
+    return firsts(remote) == firsts(local)
 
 
 def assert_same_items(remote: PrebakedDataset, local: PrebakedDataset, step: int) -> None:
@@ -398,6 +412,37 @@ def test_s3_build_killed_then_resumed(
     report = build(options)
     assert report.resumed == committed >= 2  # the records of the killed build are kept
     assert_same_remote_store(s3, url, local_reference)
+
+
+def test_s3_store_grows_with_its_source(s3: S3, mixed_src: Path, local_reference: Path) -> None:
+    """A store in S3 built from a source in S3 that lacks its frame folders; they are uploaded
+    and the same build adds them (new shard objects, tables staged in the bucket): every item
+    equal to the local build of the whole source."""
+    s3.fs.put(f"{mixed_src}/", "sources/growing/", recursive=True)
+    s3.fs.rm("sources/growing/frames", recursive=True)
+    url, src = "s3://stores/grown.zarr", "s3://sources/growing"
+    options = BuildOptions(
+        src=src,
+        out=url,
+        masklets="all",
+        progress=False,
+        storage_options=s3.options,
+        **SHARDS,  # type: ignore[arg-type]
+    )
+    videos = len(zarr.open_group(local_reference, mode="r")["videos/video_id"][:])
+    first = build(options)
+    assert first.built and first.videos == videos - 2
+    s3.fs.put(f"{mixed_src}/frames/", "sources/growing/frames/", recursive=True)
+    grown = build(options)
+    assert (grown.added, grown.videos, grown.videos_failed) == (2, videos, 1)
+    remote = zarr.open_group(
+        zarr.storage.FsspecStore.from_url(url, storage_options=s3.options), mode="r"
+    )
+    assert items_by_key(remote) == items_by_key(zarr.open_group(local_reference, mode="r"))
+    keys = s3.fs.find(url.removeprefix("s3://"), refresh=True)
+    assert not any(BUILD_DIR in key for key in keys)
+    checked = verify_store(url, src=src, samples=8, progress=False, storage_options=s3.options)
+    assert checked.ok, checked.problems
 
 
 # -- the lock of a remote store ------------------------------------------------------------------

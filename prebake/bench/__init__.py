@@ -1,7 +1,8 @@
 """`prebake bench`: speed and memory measured side by side in one run, reported as ratios.
 
 Reader measurements live in `bench.reader`, build measurements (worker scaling, bare compute,
-peak RSS) in `bench.build`; this module only composes and formats them.
+peak RSS) in `bench.build`, source measurements (discovery of a large tree, an append against a
+rebuild) in `bench.sources`; this module only composes and formats them.
 """
 
 from __future__ import annotations
@@ -11,24 +12,51 @@ from typing import Any
 
 
 def run_bench(
-    store: Path, *, src: Path | None = None, build_src: Path | None = None, items: int = 200
+    store: Path | None,
+    *,
+    src: Path | None = None,
+    build_src: Path | None = None,
+    items: int = 200,
+    discovery_files: int | None = None,
+    append: bool = False,
 ) -> dict[str, Any]:
-    from prebake.bench.reader import bench_reader
+    """The reader (on `store`), build, discovery and append measurements asked for."""
+    results: dict[str, Any] = {}
+    if store is not None:
+        from prebake.bench.reader import bench_reader
 
-    results: dict[str, Any] = {"reader": bench_reader(store, src=src, items=items)}
+        results["reader"] = bench_reader(store, src=src, items=items)
     if build_src is not None:
         from prebake.bench.build import bench_build
 
         results["build"] = bench_build(build_src)
+    if discovery_files is not None:
+        from prebake.bench.sources import bench_discovery
+
+        results["discovery"] = bench_discovery(discovery_files)
+    if append:
+        from prebake.bench.sources import bench_append
+
+        results["append"] = bench_append()
     return results
 
 
 def format_bench(results: dict[str, Any]) -> str:
-    from prebake.bench.reader import format_reader
+    lines: list[str] = []
+    if "reader" in results:
+        from prebake.bench.reader import format_reader
 
-    lines = format_reader(results["reader"])
+        lines += format_reader(results["reader"])
     if "build" in results:
         from prebake.bench.build import format_build
 
         lines += format_build(results["build"])
+    if "discovery" in results:
+        from prebake.bench.sources import format_discovery
+
+        lines += format_discovery(results["discovery"])
+    if "append" in results:
+        from prebake.bench.sources import format_append
+
+        lines += format_append(results["append"])
     return "\n".join(lines)

@@ -1,16 +1,16 @@
 """Frames extracted for SAM 2 training: `<out>/<id>/00000.jpg, 00004.jpg ...` (named by 24 fps
-index) with the `<id>_manual.json` files somewhere else under the source (often one flat folder)."""
+index) with the `<id>_manual.json` files somewhere else under the source (often one flat folder).
+Recognised by what the files are, whatever the folders above them are called."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from PIL import Image
 
 from prebake.sources.base import VideoRef, open_jpeg, source_path
-from prebake.sources.train import JsonAnnotatedVideo, json_files
-from prebake.storage import RemotePath, sorted_paths
+from prebake.sources.discovery import MANUAL_SUFFIX, SourceTree, nearest
+from prebake.sources.train import JsonAnnotatedVideo, annotation_files
 
 
 class JpegFolderVideo(JsonAnnotatedVideo):
@@ -21,17 +21,19 @@ class JpegFolderVideo(JsonAnnotatedVideo):
             yield t, open_jpeg(path, (self.width, self.height))
 
 
-def discover(src: Path | RemotePath, masklets: str) -> list[VideoRef]:
-    """Every frame folder named `<id>` (holding 00000.jpg) with a `<id>_manual.json` under `src`."""
-    folders: dict[str, Path | RemotePath] = {}
-    for first in sorted_paths(src.rglob("00000.jpg")):
-        if "JPEGImages_24fps" not in first.parts:  # that is the val/test layout
-            folders.setdefault(first.parent.name, first.parent)
+def recognise(tree: SourceTree, masklets: str) -> list[VideoRef]:
+    """Every `<id>_manual.json` with a folder `<id>/` of NNNNN.jpg frames anywhere under the
+    source. Several such folders: the one sharing the longest path with the JSON file; two
+    equally near are the same video found twice (both are returned, and the caller asks)."""
+    by_name = tree.frame_folders()
     refs = []
-    for manual in sorted_paths(src.rglob("*_manual.json")):
-        video_id = manual.name.removesuffix("_manual.json")
-        if video_id in folders and not manual.with_name(f"{video_id}.mp4").is_file():
-            files = json_files(manual, masklets)
-            if files:
-                refs.append(VideoRef(video_id, "frames", str(folders[video_id]), files))
+    for folder in tree.folders.values():
+        names = set(folder.files)
+        for name in folder.files:
+            video_id = name.removesuffix(MANUAL_SUFFIX)
+            if video_id == name or video_id not in by_name:
+                continue
+            files = annotation_files(tree, folder, names, video_id, masklets)
+            for frames in nearest(folder.location, by_name[video_id]) if files else []:
+                refs.append(VideoRef(video_id, "frames", frames.location, files))
     return refs

@@ -1,5 +1,6 @@
 """Val / test layout: `JPEGImages_24fps/<id>/00000.jpg ...` (every frame) and
-`Annotations_6fps/<id>/<obj:03d>/<frame:05d>.png`, one binary PNG per object per annotated frame.
+`Annotations_6fps/<id>/<obj:03d>/<frame:05d>.png`, one binary PNG per object per annotated frame
+(recognised by those files, whatever the folders above them are called).
 All masklets are manual; the object folder's number is the masklet id. Objects may overlap, so
 masks stay per object. An object with no PNG at an annotated frame is absent there."""
 
@@ -22,7 +23,8 @@ from prebake.sources.base import (
     open_jpeg,
     source_path,
 )
-from prebake.storage import RemotePath, listed, sorted_paths
+from prebake.sources.discovery import Folder, SourceTree, nearest
+from prebake.storage import RemotePath, listed
 
 
 def read_png_mask(path: Path | RemotePath, size: tuple[int, int]) -> np.ndarray:
@@ -92,18 +94,30 @@ class PngMaskVideo(Video):
         return read_png_mask(path, (self.width, self.height))
 
 
-def discover(src: Path | RemotePath, masklets: str) -> list[VideoRef]:
-    """Every `JPEGImages_24fps/<id>` with a matching `Annotations_6fps/<id>` beside it."""
+def recognise(tree: SourceTree, masklets: str) -> list[VideoRef]:
+    """Every mask folder `<id>/` (subfolders `<obj:03d>/` of NNNNN.png masks) with a folder
+    `<id>/` of NNNNN.jpg frames. Several frame folders of that name: the one sharing the
+    longest path with the mask folder (in SA-V, `JPEGImages_24fps/<id>` beside
+    `Annotations_6fps/<id>`); two equally near are the same video found twice (both are
+    returned, and the caller asks). Folder names above them do not matter."""
     if masklets == "auto":
         return []  # val/test have manual masklets only
+    by_name = tree.frame_folders()
     refs = []
-    roots = [src] if src.name == "JPEGImages_24fps" else []
-    for jpeg_root in sorted_paths([*roots, *src.rglob("JPEGImages_24fps")]):
-        annotation_root = jpeg_root.with_name("Annotations_6fps")
-        if not annotation_root.is_dir():
-            continue
-        for folder in sorted_paths(p for p in jpeg_root.iterdir() if p.is_dir()):
-            masks = annotation_root / folder.name
-            if masks.is_dir():
-                refs.append(VideoRef(folder.name, "png", str(folder), (str(masks),)))
+    for masks in mask_folders(tree):
+        candidates = [f for f in by_name.get(masks.name, []) if f.location != masks.location]
+        for frames in nearest(masks.location, candidates):
+            refs.append(VideoRef(masks.name, "png", frames.location, (masks.location,)))
     return refs
+
+
+def mask_folders(tree: SourceTree) -> list[Folder]:
+    """Folders with at least one subfolder named by a number that holds NNNNN.png masks."""
+    found = []
+    for folder in tree.folders.values():
+        for name in folder.subfolders:
+            child = tree.folders.get(tree.join(folder.location, name))
+            if name.isdigit() and child is not None and child.pngs:
+                found.append(folder)
+                break
+    return found

@@ -21,7 +21,14 @@ from prebake import decoding
 from prebake.errors import SourceError
 from prebake.sources.annotations import FRAME_STRIDE, Annotation, load_annotation
 from prebake.sources.base import Masklet, Video, VideoRef, source_path
-from prebake.storage import RemotePath, sorted_paths
+from prebake.sources.discovery import (
+    AUTO_SUFFIX,
+    MANUAL_SUFFIX,
+    VIDEO_SUFFIX,
+    Folder,
+    SourceTree,
+)
+from prebake.storage import RemotePath
 
 # Remote videos are read in blocks of this size (one ranged GET each), read ahead as PyAV asks.
 REMOTE_BLOCK_BYTES = 8 * 1024 * 1024
@@ -159,25 +166,31 @@ class Mp4Video(JsonAnnotatedVideo):
         return stream
 
 
-def discover(src: Path | RemotePath, masklets: str) -> list[VideoRef]:
-    """Every `<id>.mp4` with a `<id>_manual.json` (and `_auto.json` as `masklets` asks) beside it."""
+def recognise(tree: SourceTree, masklets: str) -> list[VideoRef]:
+    """Every `<id>.mp4` with a `<id>_manual.json` (and `_auto.json` as `masklets` asks) in the
+    same folder, wherever that folder is and whatever it is called."""
     refs = []
-    for manual in sorted_paths(src.rglob("*_manual.json")):
-        video_id = manual.name.removesuffix("_manual.json")
-        mp4 = manual.with_name(f"{video_id}.mp4")
-        if mp4.is_file():
-            files = json_files(manual, masklets)
-            if files:
-                refs.append(VideoRef(video_id, "train", str(mp4), files))
+    for folder in tree.folders.values():
+        names = set(folder.files)
+        for name in folder.files:
+            video_id = name.removesuffix(MANUAL_SUFFIX)
+            if video_id != name and f"{video_id}{VIDEO_SUFFIX}" in names:
+                files = annotation_files(tree, folder, names, video_id, masklets)
+                if files:
+                    mp4 = tree.join(folder.location, f"{video_id}{VIDEO_SUFFIX}")
+                    refs.append(VideoRef(video_id, "train", mp4, files))
     return refs
 
 
-def json_files(manual: Path | RemotePath, masklets: str) -> tuple[str, ...]:
-    """The annotation files to read for `masklets` (manual, auto or all); auto is often missing."""
-    auto = manual.with_name(manual.name.removesuffix("_manual.json") + "_auto.json")
+def annotation_files(
+    tree: SourceTree, folder: Folder, names: set[str], video_id: str, masklets: str
+) -> tuple[str, ...]:
+    """The annotation files of `video_id` in `folder` (whose file names are `names`) to read
+    for `masklets` (manual, auto or all); the auto file is often missing (2,147 of SA-V's
+    training videos have none)."""
     files = []
     if masklets in ("manual", "all"):
-        files.append(str(manual))
-    if masklets in ("auto", "all") and auto.is_file():
-        files.append(str(auto))
+        files.append(tree.join(folder.location, f"{video_id}{MANUAL_SUFFIX}"))
+    if masklets in ("auto", "all") and f"{video_id}{AUTO_SUFFIX}" in names:
+        files.append(tree.join(folder.location, f"{video_id}{AUTO_SUFFIX}"))
     return tuple(files)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class StoreDir:
         self.plan_path = self.build_dir / "plan.json"
         self.units_dir = self.build_dir / "units"
         self.tmp_dir = self.build_dir / "tmp"
+        self.staged_dir = self.build_dir / "tables"  # an append's new tables, before publishing
 
     # -- reading ------------------------------------------------------------------------------
     def attrs(self) -> dict[str, Any] | None:
@@ -140,6 +141,14 @@ class StoreDir:
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.record_path(record["index"]), record)
 
+    def clear_build_dir(self) -> None:
+        """Empty the build folder but for the lock: a new plan starts with no records or staged
+        tables of an earlier one (an append committed just before a crash leaves them)."""
+        if self.build_dir.exists():
+            for child in self.build_dir.iterdir():
+                if child.name != self.lock_path.name:
+                    _remove(child)
+
     def clear(self) -> None:
         """Remove everything but the lock: --overwrite, or a start over.
 
@@ -207,6 +216,62 @@ class StoreDir:
             )
             if len(values):
                 array[:] = values
+
+    def grow_arrays(self, capacity: dict[str, int]) -> None:
+        """Grow the data arrays to `capacity` rows (by "frame_rows" / "item_rows"): metadata
+        only, so no shard file is read or written (zarr deletes chunks only when shrinking)."""
+        import zarr
+
+        for name in DATA_ARRAYS:
+            spec = array_specs()[name]
+            array = zarr.open_array(
+                zarr_store(self.path / name, read_only=False), mode="r+", zarr_format=3
+            )
+            rows = capacity[spec.rows]
+            if rows < array.shape[0]:
+                raise StoreError(f"{self.path}: {name} cannot shrink to {rows} rows")
+            if rows > array.shape[0]:
+                array.resize((rows, *spec.row_shape))
+
+    def read_table(self, name: str) -> np.ndarray:
+        """A row table's values (strings as a list-like object array)."""
+        import zarr
+
+        array = zarr.open_array(zarr_store(self.path / name), mode="r", zarr_format=3)
+        return np.asarray(array[...])
+
+    def stage_tables(self, tables: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Save an append's new tables in the build folder, then mark them complete: the
+        store's own tables are replaced only from there, so a crash while they are replaced
+        is finished by the next run from the same staged values."""
+        names = []
+        for name, values in tables:
+            if values.dtype == object:
+                values = np.array([str(value) for value in values], dtype=str)
+            with self._staged(name).open("wb") as handle:
+                np.save(handle, values, allow_pickle=False)
+            names.append(name)
+        atomic_write_json(self.staged_dir / "staged.json", names)
+
+    def staged_tables(self) -> Iterator[tuple[str, np.ndarray]] | None:
+        """The staged tables, one at a time, or None when staging did not finish."""
+        try:
+            with (self.staged_dir / "staged.json").open() as handle:
+                names = json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+        def load() -> Iterator[tuple[str, np.ndarray]]:
+            for name in names:
+                with self._staged(name).open("rb") as handle:
+                    yield name, np.load(handle, allow_pickle=False)
+
+        return load()
+
+    def _staged(self, name: str) -> Path | RemotePath:
+        if isinstance(self.staged_dir, Path):
+            self.staged_dir.mkdir(parents=True, exist_ok=True)
+        return self.staged_dir / f"{name.replace('/', '.')}.npy"
 
     def remove_build_dir(self) -> None:
         if isinstance(self.build_dir, RemotePath):  # the lock object goes last, on release

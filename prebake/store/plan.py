@@ -55,6 +55,9 @@ class UnitPlan:
     items: np.ndarray = field(default_factory=_no_items)  # int32 (n, 3): (t, masklet k, area)
     frame_row: int = -1
     item_row: int = -1
+    # How its source files looked when planned (`prebake.sources.fingerprint`): a later build
+    # compares, to name a video whose source changed or vanished since it was baked.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> VideoRef:
@@ -115,10 +118,17 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def assign_rows(
-    units: list[UnitPlan], frames_per_shard: int, items_per_shard: int
+    units: list[UnitPlan],
+    frames_per_shard: int,
+    items_per_shard: int,
+    first_frame_row: int = 0,
+    first_item_row: int = 0,
 ) -> tuple[int, int]:
-    """Give each planned unit shard-aligned row ranges; return the (frame_rows, item_rows) capacity."""
-    frame_rows = item_rows = 0
+    """Give each planned unit shard-aligned row ranges, from the given (shard-aligned) first
+    rows on (an append starts at the store's capacity, so it writes only new shards); return
+    the (frame_rows, item_rows) capacity."""
+    assert first_frame_row % frames_per_shard == 0 and first_item_row % items_per_shard == 0
+    frame_rows, item_rows = first_frame_row, first_item_row
     for unit in units:
         if unit.status != "planned":
             continue
