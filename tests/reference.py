@@ -106,4 +106,3 @@ def png_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if not path.is_file():
         return np.zeros(shape, dtype=np.uint8)
     return (np.array(Image.open(path)) > 0).astype(np.uint8)
-
