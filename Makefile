@@ -22,7 +22,7 @@ demo: $(BIN)/prebake
 lint: $(BIN)/prebake
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy prebake
+	$(BIN)/mypy src/prebake
 
 test: lint
 	$(BIN)/pytest -q

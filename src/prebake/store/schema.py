@@ -1,5 +1,6 @@
-"""The store schema (`schemas/prebake-store-v1.json`): the one description of every array that
-`build` creates, the reader trusts and `verify` checks."""
+"""The store schema (`prebake/schemas/prebake-store-v1.json`, package data; `schemas/` at the
+repository's root shows it): the one description of every array that `build` creates, the
+reader trusts and `verify` checks."""
 
 from __future__ import annotations
 
