@@ -1,7 +1,8 @@
-"""`prebake build --dask`: a build's units (videos) run as Dask tasks; this process commits.
+"""The Dask executor (`prebake build --dask`): a build's units (videos) run as Dask tasks; this
+process commits.
 
 Imported only when `--dask` is given (distributed is an optional extra: `pip install
-'prebake[dask]'`). The tasks are the plain functions of `prebake.build` (`plan_units`,
+'prebake[dask]'`). The tasks are the plain functions of `prebake.build.unit` (`plan_units`,
 `bake_unit`): each returns a small record and writes only the shards its unit owns, atomically,
 with the same bytes every time. So when a worker dies mid-unit, Dask reruns the unit on another
 worker and the store stays bitwise identical to a one-machine build. The client (this process)
@@ -23,8 +24,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prebake.build import bake_unit, one_line, tune_memory
-from prebake.errors import PrebakeError
+from prebake.build.executor import Done, Job
+from prebake.build.unit import bake_unit, tune_memory
+from prebake.errors import PrebakeError, one_line
 from prebake.store.plan import UnitPlan
 
 try:
@@ -111,6 +113,9 @@ class DaskCluster:
             self._threads_at = time.monotonic()
         return self._threads
 
+    def warm_up(self) -> None:
+        """Nothing to do: the cluster's workers run already."""
+
     def map_in_order(
         self, function: Callable[..., list[UnitPlan]], batches: list[Any], *args: Any
     ) -> Iterator[list[UnitPlan]]:
@@ -132,30 +137,31 @@ class DaskCluster:
         finally:
             self.client.cancel(futures)
 
-    def bake(
-        self,
-        queue: deque[UnitPlan],
-        job: Callable[[UnitPlan], tuple[Any, ...]],
-        done: Callable[[UnitPlan, dict[str, Any] | None], None],
-    ) -> None:
+    def bake(self, queue: deque[UnitPlan], job: Job, done: Done, bar: Any) -> None:
         """Run `bake_unit(*job(unit))` for every unit of `queue` (taken in order), a bounded
-        number in flight; `done(unit, record)` as each finishes.
+        number in flight; `done(unit, record)` as each finishes, then its frames onto `bar`
+        (one bar for the cluster: frames of done units).
 
         Dask reruns a unit whose worker died; after `distributed.scheduler.allowed-failures`
         deaths it gives up (KilledWorker). Units queued on a dying worker count those deaths
         too, so a unit given up is retried at the end, alone on the cluster: only if its worker
         dies then as well is it the video's fault, and `done(unit, None)` records it as failed
         (as a local build does)."""
-        suspects = self._run(queue, job, done, UNITS_PER_THREAD)
+
+        def finished(unit: UnitPlan, record: dict[str, Any] | None) -> None:
+            done(unit, record)
+            bar.update(len(unit.frame_indices))
+
+        suspects = self._run(queue, job, finished, UNITS_PER_THREAD)
         for unit in suspects:
-            if self._run(deque([unit]), job, done, 0):  # given up again, alone this time
-                done(unit, None)
+            if self._run(deque([unit]), job, finished, 0):  # given up again, alone this time
+                finished(unit, None)
 
     def _run(
         self,
         queue: deque[UnitPlan],
-        job: Callable[[UnitPlan], tuple[Any, ...]],
-        done: Callable[[UnitPlan, dict[str, Any] | None], None],
+        job: Job,
+        done: Done,
         per_thread: int,
     ) -> list[UnitPlan]:
         """Bake `queue` with `per_thread` units in flight per worker thread (0: one unit in
