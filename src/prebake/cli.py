@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from prebake.errors import PrebakeError
+from prebake.verify.checks import checks_help
 
 if TYPE_CHECKING:
     from prebake.build import BuildReport
@@ -219,7 +220,14 @@ def _print_build(report: BuildReport, out: str) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
+VERIFY_HELP = (
+    "Check a store: schema, checksums, value semantics and (with --src) bit-exactness.\n\n"
+    "The checks, in the order they run (each problem names the array, row or file):\n\n"
+    + checks_help()
+)
+
+
+@app.command(help=VERIFY_HELP)
 def verify(
     store: StoreUrl,
     src: Annotated[
@@ -237,7 +245,6 @@ def verify(
     storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Check a store: schema, checksums, value semantics and (with --src) bit-exactness."""
     from prebake.verify import verify_store
 
     if samples != "all" and not samples.isdigit():
