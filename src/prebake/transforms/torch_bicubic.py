@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from prebake.transforms import vertical_first
+from prebake.transforms.pillow_rule import vertical_first
 
 PRECISION_BITS = 22  # Pillow's fixed-point weights: 32 - 8 - 2 bits
 _HALF = 1 << (PRECISION_BITS - 1)
