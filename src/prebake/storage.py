@@ -212,6 +212,13 @@ class RemotePath:
         self.path = path.rstrip("/") or path
         self.storage_options: StorageOptions = dict(storage_options or {})
         self._listing = listing if listing is not None and listing.covers(self.path) else None
+        pure = PurePosixPath(self.path)  # the names pathlib gives, computed once
+        self.parts, self.name, self.stem, self.suffix = (
+            pure.parts,
+            pure.name,
+            pure.stem,
+            pure.suffix,
+        )
 
     # -- names ---------------------------------------------------------------------------------
     @property
@@ -241,22 +248,6 @@ class RemotePath:
 
     def __truediv__(self, name: str) -> RemotePath:
         return self._at(posixpath.join(self.path, name))
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return PurePosixPath(self.path).parts
-
-    @property
-    def name(self) -> str:
-        return PurePosixPath(self.path).name
-
-    @property
-    def stem(self) -> str:
-        return PurePosixPath(self.path).stem
-
-    @property
-    def suffix(self) -> str:
-        return PurePosixPath(self.path).suffix
 
     @property
     def parent(self) -> RemotePath:

@@ -41,7 +41,7 @@ from prebake import transforms
 from prebake.build import tune_memory
 from prebake.demo import SampleObject, SampleVideo, _annotation, render
 from prebake.errors import PrebakeError
-from prebake.sources import discover, open_video
+from prebake.sources import Video, discover, open_video
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.store.layout import StoreDir
 
@@ -226,15 +226,21 @@ def _annotated_frames(src: Path) -> int:
     return total
 
 
-def decoder_speed(src: Path) -> tuple[int, float]:
-    """(video frames decoded, wall seconds) to decode the annotated frames of `src` as a build
-    does, in this process; nothing else is computed."""
+def _open_videos(src: Path) -> list[Video]:
+    """Every video of `src` (all masklets) that opens; a broken one is not baked by a build either."""
     videos = []
     for ref in discover(src, masklets="all"):
         try:
             videos.append(open_video(ref))
         except Exception:
-            continue  # a broken video is not baked by a build either
+            continue
+    return videos
+
+
+def decoder_speed(src: Path) -> tuple[int, float]:
+    """(video frames decoded, wall seconds) to decode the annotated frames of `src` as a build
+    does, in this process; nothing else is computed."""
+    videos = _open_videos(src)
     started = time.perf_counter()
     decoded = 0
     for video in videos:
@@ -248,12 +254,7 @@ def bare_compute(src: Path) -> tuple[float, float]:
     """Wall and CPU seconds to decode, resize and mask-process every annotated frame of `src`,
     in this process."""
     tune_memory()  # as in the build's workers, so that both run with the same allocator
-    videos = []
-    for ref in discover(src, masklets="all"):
-        try:
-            videos.append(open_video(ref))
-        except Exception:
-            continue  # a broken video is not baked by a build either
+    videos = _open_videos(src)
     started, cpu_started = time.perf_counter(), time.process_time()
     for video in videos:
         for t, frame in video.iter_frames():

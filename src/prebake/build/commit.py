@@ -18,7 +18,7 @@ from prebake.build.unit import PROMPT_CELLS_DTYPE
 from prebake.sources import MASKLET_TYPES
 from prebake.storage import RemotePath, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
-from prebake.store.plan import UnitPlan, decode_ints
+from prebake.store.plan import Outcome, UnitPlan, decode_ints
 from prebake.store.schema import SCHEMA_NAME, SCHEMA_VERSION
 from prebake.store.tables import make_tables
 from prebake.versions import library_versions
@@ -122,21 +122,16 @@ def commit_build(
     """Commit a fresh build: tables, then the attributes that mark the store complete."""
     records = committed_records(store, units)
     store.write_tables(make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"]))
-    baked = [unit for unit, record in zip(units, records, strict=True) if record["status"] == "ok"]
-    failures = [
-        {"video_id": unit.video_id, "path": unit.frames, "reason": record["reason"]}
-        for unit, record in zip(units, records, strict=True)
-        if record["status"] != "ok"
-    ]
+    outcome = Outcome.of(units, records)
     attrs = dict(attrs)
     attrs["state"] = "complete"
     attrs["counts"] = {
         "videos": len(units),
-        "videos_failed": len(failures),
-        "frames": sum(len(unit.frame_indices) for unit in baked),
-        "items": sum(len(unit.items) for unit in baked),
+        "videos_failed": len(outcome.failures),
+        "frames": outcome.frames,
+        "items": outcome.items,
     }
-    attrs["failures"] = failures
+    attrs["failures"] = outcome.failures
     times = run_times(started, workers)
     attrs["build"] = {
         **attrs["build"],

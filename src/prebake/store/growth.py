@@ -30,7 +30,7 @@ from typing import Any
 from prebake.errors import StoreError
 from prebake.sources import Discovery, VideoRef, fingerprint
 from prebake.store.layout import StoreDir
-from prebake.store.plan import UnitPlan
+from prebake.store.plan import Outcome, UnitPlan
 from prebake.store.tables import Base, make_tables
 
 
@@ -165,7 +165,7 @@ def commit_append(
     staged = store.staged_tables()
     assert staged is not None
     store.write_tables(staged)
-    new = _grown_attrs(attrs, plan, units, records, finished)
+    new = _grown_attrs(attrs, plan, units, Outcome.of(units, records), finished)
     store.set_attrs(new)
     return new
 
@@ -174,17 +174,14 @@ def _grown_attrs(
     attrs: dict[str, Any],
     plan: dict[str, Any],
     units: list[UnitPlan],
-    records: list[dict[str, Any]],
+    outcome: Outcome,
     finished: dict[str, Any],
 ) -> dict[str, Any]:
+    """The root attributes after the append of `units` (their `outcome`): counts, failures (a
+    retried video's old failure replaced), the append in `appends`."""
     retried = {unit.video_id for unit in units if unit.index < plan["base"]["videos"]}
-    baked = [unit for unit, record in zip(units, records, strict=True) if record["status"] == "ok"]
     failures = [f for f in attrs["failures"] if f["video_id"] not in retried]
-    failures += [
-        {"video_id": unit.video_id, "path": unit.frames, "reason": record["reason"]}
-        for unit, record in zip(units, records, strict=True)
-        if record["status"] != "ok"
-    ]
+    failures += outcome.failures
     counts = attrs["counts"]
     added = len(units) - len(retried)
     new = {key: value for key, value in attrs.items() if key != "append"}
@@ -195,8 +192,8 @@ def _grown_attrs(
         counts={
             "videos": counts["videos"] + added,
             "videos_failed": len(failures),
-            "frames": counts["frames"] + sum(len(unit.frame_indices) for unit in baked),
-            "items": counts["items"] + sum(len(unit.items) for unit in baked),
+            "frames": counts["frames"] + outcome.frames,
+            "items": counts["items"] + outcome.items,
         },
         failures=failures,
         source={**attrs["source"], "videos": counts["videos"] + added},
@@ -207,7 +204,7 @@ def _grown_attrs(
                 **plan["selection"],
                 "videos_added": added,
                 "videos_retried": len(retried),
-                "videos_baked": len(baked),
+                "videos_baked": len(outcome.baked),
                 **finished,
             },
         ],

@@ -136,3 +136,35 @@ def assign_rows(
         frame_rows += _round_up(len(unit.frame_indices), frames_per_shard)
         item_rows += _round_up(len(unit.items), items_per_shard)
     return frame_rows, item_rows
+
+
+@dataclass
+class Outcome:
+    """What the records of a plan's units say: the units baked, and the failures as the store's
+    `failures` attribute lists them (video id, path, one-line reason)."""
+
+    baked: list[UnitPlan]
+    failures: list[dict[str, str]]
+
+    @classmethod
+    def of(cls, units: list[UnitPlan], records: list[dict[str, Any]]) -> Outcome:
+        """`records` are the units' records, in unit order."""
+        pairs = list(zip(units, records, strict=True))
+        return cls(
+            baked=[unit for unit, record in pairs if record["status"] == "ok"],
+            failures=[
+                {"video_id": unit.video_id, "path": unit.frames, "reason": record["reason"]}
+                for unit, record in pairs
+                if record["status"] != "ok"
+            ],
+        )
+
+    @property
+    def frames(self) -> int:
+        """Annotated frames of the baked units."""
+        return sum(len(unit.frame_indices) for unit in self.baked)
+
+    @property
+    def items(self) -> int:
+        """Items of the baked units."""
+        return sum(len(unit.items) for unit in self.baked)

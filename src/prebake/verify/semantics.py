@@ -7,6 +7,7 @@ row)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -239,61 +240,51 @@ def _boundary_pixels(on: np.ndarray) -> int:
 
 def check_frames(context: VerifyContext) -> bool:
     """`check_frame` on every frame row (or a sample), damaged rows skipped."""
-    from tqdm import tqdm
-
     frame_rows = np.flatnonzero(context.tables["frames/video"] >= 0)
     limit = None if context.samples is None else FRAME_SEMANTICS_LIMIT
     checked = sample(frame_rows, limit, seed=0)
     skip = context.damaged["pixel_values"] | context.damaged["g_pixel_values"]
     readers = context.readers
-    with tqdm(total=len(checked), desc="frames", unit="row", disable=not context.progress) as bar:
-        for row in checked.tolist():
-            if row not in skip:
-                try:
-                    pixel = readers["pixel_values"].read(row)
-                    g = readers["g_pixel_values"].read(row)
-                except RowError as error:
-                    context.problem(str(error))
-                else:
-                    for name, what in check_frame(pixel, g):
-                        context.problem(f"{name} {context.frame_label(row)}: {what}")
-            bar.update(1)
+
+    def check(row: int) -> None:
+        if row in skip:
+            return
+        pixel = readers["pixel_values"].read(row)
+        g = readers["g_pixel_values"].read(row)
+        for name, what in check_frame(pixel, g):
+            context.problem(f"{name} {context.frame_label(row)}: {what}")
+
+    _each(context, checked, "frames", check)
     context.report.semantics.update(frames_checked=len(checked), frames=len(frame_rows))
     return True
 
 
 def check_items(context: VerifyContext) -> bool:
     """`check_item` on every item (or a sample), damaged rows skipped."""
-    from tqdm import tqdm
-
     t = context.tables
     items = np.arange(len(t["items/mask_row"]))
     limit = None if context.samples is None else ITEM_SEMANTICS_LIMIT
     checked = sample(items, limit, seed=1)
     skip = context.damaged["masks"] | context.damaged["prompt_masks"]
     readers = context.readers
-    with tqdm(total=len(checked), desc="items", unit="row", disable=not context.progress) as bar:
-        for item in checked.tolist():
-            row = int(t["items/mask_row"][item])
-            if row not in skip:
-                video = int(t["items/video"][item])
-                try:
-                    mask = readers["masks"].read(row)
-                    prompt = readers["prompt_masks"].read(row)
-                except RowError as error:
-                    context.problem(str(error))
-                else:
-                    found = check_item(
-                        mask,
-                        prompt,
-                        int(t["items/area"][item]),
-                        int(t["items/prompt_cells"][item]),
-                        int(t["videos/height"][video]),
-                        int(t["videos/width"][video]),
-                    )
-                    for name, what in found:
-                        context.problem(f"{name} {context.item_label(item)}: {what}")
-            bar.update(1)
+
+    def check(item: int) -> None:
+        row = int(t["items/mask_row"][item])
+        if row in skip:
+            return
+        video = int(t["items/video"][item])
+        found = check_item(
+            readers["masks"].read(row),
+            readers["prompt_masks"].read(row),
+            int(t["items/area"][item]),
+            int(t["items/prompt_cells"][item]),
+            int(t["videos/height"][video]),
+            int(t["videos/width"][video]),
+        )
+        for name, what in found:
+            context.problem(f"{name} {context.item_label(item)}: {what}")
+
+    _each(context, checked, "items", check)
     semantics = context.report.semantics
     semantics.update(
         items_checked=len(checked),
@@ -309,3 +300,19 @@ def check_items(context: VerifyContext) -> bool:
         },
     )
     return True
+
+
+def _each(
+    context: VerifyContext, rows: np.ndarray, desc: str, check: Callable[[int], None]
+) -> None:
+    """`check(row)` for each of `rows`, with a progress bar; a row that cannot be read is a
+    problem of its own (its check goes no further)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(rows), desc=desc, unit="row", disable=not context.progress) as bar:
+        for row in rows.tolist():
+            try:
+                check(row)
+            except RowError as error:
+                context.problem(str(error))
+            bar.update(1)
