@@ -14,7 +14,7 @@ prebake decodes with PyAV, which drives the same FFmpeg libraries, streams from 
 object, and can refuse damaged data (`err_detect=explode`, where OpenCV conceals it):
 `reformat(format="bgr24", interpolation=BICUBIC)` with those inferred transfer and primaries
 asked for explicitly (`output_colors`), the BGR bytes read as RGB, and the same quarter turn give
-OpenCV's frame exactly, on every kind of video the test matrix (tests/test_decoding.py) covers;
+OpenCV's frame exactly, on every kind of video the test matrix (tests/sources/test_decoding.py) covers;
 docs/decoding.md has the measurements.
 
 What the matrix does not prove equal is refused with a one-line reason, never guessed: a codec,

@@ -8,7 +8,7 @@ process (so that its peak RSS is its own):
 - peak RSS of the process, and the same process's RSS after its imports (the difference is what
   decoding the video costs);
 - damaged data: the video with 16 random bytes at 4 places of its middle third (as
-  tests/test_broken_input.py damages videos), and cut at 60 %: what each decoder returns or says.
+  tests/build/test_broken_input.py damages videos), and cut at 60 %: what each decoder returns or says.
 
 PyAV runs as prebake runs it (`Mp4Video.iter_frames`: one decoder thread, `err_detect=explode`,
 `prebake.decoding`); OpenCV as SAM 2 and Sa2VA run it (`read()` + `cvtColor(BGR2RGB)`), with its

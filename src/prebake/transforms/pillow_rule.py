@@ -16,7 +16,7 @@ def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int], pillow: 
     the height shrinks, and by more than twice what the width shrinks; Pillow 12 goes horizontal
     first, except that its `Image.resize` runs the vertical pass first for an image more than 100
     times taller than wide whose height shrinks. The two orders round differently (each pass
-    writes uint8). Checked against Pillow 12.3 and 13.0 (tests/pillow12.py).
+    writes uint8). Checked against Pillow 12.3 and 13.0 (tests/reference/pillow12.py).
     """
     if pillow not in PILLOW_RULES:
         raise ValueError(f"pillow rule must be one of {PILLOW_RULES}, got {pillow!r}")

@@ -197,7 +197,7 @@ def bicubic_resize(images: torch.Tensor, size: tuple[int, int], pillow: int = 13
     pass-order rule, 13 for Pillow 13 or 12 for Pillow 12 and earlier (REFERENCE.md section 4c,
     `vertical_first`). Returns a new uint8 tensor (N, height, width, 3) on the same device,
     equal for every image to `np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))`
-    as that Pillow computes it. Proven bit for bit in `tests/test_bicubic.py` against Pillow
+    as that Pillow computes it. Proven bit for bit in `tests/transforms/test_bicubic.py` against Pillow
     13.0 (rule 13; noise and natural frames from 1 x 1 to 3840 x 2160) and Pillow 12.3 (rule
     12; from 1 x 1 to 1401 x 1037), downscaling, upscaling and mixed, on CPU (its CUDA tests
     run where a GPU is present).

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from conftest import CLI, children_of, items_by_key, kill9
-from expected import assert_store_matches, expected_items
+from helpers.processes import children_of, kill9
+from helpers.stores import CLI, items_by_key
+from reference.expected import assert_store_matches, expected_items
 
 from prebake.build import BuildOptions, BuildReport, build
 from prebake.demo import SampleObject, SampleVideo, write_video
@@ -53,7 +54,7 @@ def add_videos(src: Path, videos: list[tuple[str, str]]) -> None:
 
 
 def expected(src: Path) -> tuple[dict[Any, Any], dict[Any, Any]]:
-    """Every frame and item the source holds, from its files (tests/reference.py)."""
+    """Every frame and item the source holds, from its files (tests/reference)."""
     frames: dict[Any, Any] = {}
     items: dict[Any, Any] = {}
     for layout, folder in FOLDERS.items():

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import zarr
-from conftest import cli_build
+from helpers.stores import cli_build
 from PIL import Image
 
 from prebake.demo import SampleObject, SampleVideo, write_video

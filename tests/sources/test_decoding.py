@@ -1,4 +1,4 @@
-"""Issue 9, decoder parity: every video of the matrix (tests/videos.py) is decoded by prebake
+"""Issue 9, decoder parity: every video of the matrix (tests/helpers/videos.py) is decoded by prebake
 exactly as SAM 2 and Sa2VA decode it (`cv2.VideoCapture` + BGR2RGB), frame by frame, or is
 refused in one line naming the file and the reason; built into a store, each of its items equals
 the independent reference; the real clips in ../shared/fixtures too."""
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import reference
 import zarr
-from conftest import CLI, REAL_SAV, REAL_VIDEO, build_store
-from expected import assert_store_matches, expected_items
-from videos import EQUAL, MATRIX, Case, write_sav_video
+from helpers.stores import CLI, REAL_SAV, REAL_VIDEO, build_store
+from helpers.videos import EQUAL, MATRIX, Case, write_sav_video
+from reference.expected import assert_store_matches, expected_items
 
 from prebake import decoding
 from prebake.errors import SourceError

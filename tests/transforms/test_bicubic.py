@@ -1,5 +1,5 @@
 """`prebake.transforms.bicubic_resize` against the real Pillow: 13.0 (installed) for rule 13, 12.3
-(a subprocess, tests/pillow12.py) for rule 12, bit for bit, on noise (the worst case for rounding)
+(a subprocess, tests/reference/pillow12.py) for rule 12, bit for bit, on noise (the worst case for rounding)
 and natural frames, from 1 x 1 to 3840 x 2160."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import numpy as np
 import PIL
 import pytest
 import torch
-from conftest import REAL_SAV, REAL_VIDEO
+from helpers.stores import REAL_SAV, REAL_VIDEO
 from PIL import Image
-from pillow12 import resize_with_pillow12
 from reference import mp4_frames
+from reference.pillow12 import resize_with_pillow12
 
 from prebake.transforms import bicubic_resize, torch_bicubic, vertical_first
 

@@ -1,4 +1,4 @@
-"""What a store must hold, computed from the source alone (tests/reference.py: OpenCV, PIL,
+"""What a store must hold, computed from the source alone (tests/reference: OpenCV, PIL,
 torch, pycocotools), and the check of a built store against it, item by item."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import reference
 import zarr
+
+import reference
 
 Expected = dict[tuple[str, int, str, int], tuple[object, np.ndarray]]
 

@@ -1,7 +1,7 @@
 """An independent reference for every stored value, written from REFERENCE.md sections 3 and 4
 with OpenCV, PIL, torch and pycocotools directly (none of prebake's decoding, transforms or
 sources): mp4 frames as SAM 2 and Sa2VA read them (`cv2.VideoCapture` + BGR2RGB), resized by
-the Pillow the trainer runs (13, installed; or the real Pillow 12, tests/pillow12.py)."""
+the Pillow the trainer runs (13, installed; or the real Pillow 12, tests/reference/pillow12.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pillow12 import resize_with_pillow12
 from pycocotools import mask as mask_utils
+
+from reference.pillow12 import resize_with_pillow12
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -12,8 +12,8 @@ from pathlib import Path
 import fsspec
 import pytest
 import zarr
-from conftest import CLI
-from expected import assert_store_matches, expected_items
+from helpers.stores import CLI
+from reference.expected import assert_store_matches, expected_items
 
 from prebake.demo import SampleObject, SampleVideo, write_sample, write_video
 from prebake.errors import PrebakeError

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_store
+from helpers.stores import build_store
 from torch.utils.data import DataLoader, DistributedSampler
 
 from prebake.demo import SampleObject, SampleVideo, write_sample

@@ -1,6 +1,6 @@
 """Issue 9, the trainer's Pillow rule: `--match-pillow 13|12` resizes as that Pillow does, with
 the installed Pillow 13 (two single-axis passes); proven against Pillow 13 itself and against
-the real Pillow 12 (tests/pillow12.py), on portrait, landscape and near-square frames; the rule
+the real Pillow 12 (tests/reference/pillow12.py), on portrait, landscape and near-square frames; the rule
 is recorded, shown by `info`, used by `verify --src`, and a store whose pixels follow another
 rule than the one verify assumes fails verification."""
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import reference
 import zarr
-from conftest import CLI, REAL_SAV
-from expected import assert_store_matches, expected_items
+from helpers.stores import CLI, REAL_SAV
+from helpers.videos import VideoKind, write_sav_video
 from PIL import Image
-from videos import VideoKind, write_sav_video
+from reference.expected import assert_store_matches, expected_items
 
 from prebake import transforms
 
