@@ -16,12 +16,12 @@ def _videos() -> list[SampleVideo]:
     return three_object_videos("sav_7000", 240, 176, first_length=26, step=3)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample(tmp_path_factory.mktemp("reliability") / "src", "train", _videos())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The store of an uninterrupted build, one worker."""
     out = tmp_path_factory.mktemp("reference") / "store.zarr"

@@ -1,5 +1,8 @@
 """The S3 server, the mixed source (all layouts and a broken video) local and in S3, the Dask
-source, and the one-worker local stores every scale-out build must equal."""
+source, and the one-worker local stores every scale-out build must equal.
+
+The server and the mixed source are made once for the S3 and the Dask tests alike: moto keeps
+its buckets in the process, so a second server would find the first one's."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from prebake.demo import SampleVideo, default_sample, write_sample
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3() -> Iterator[S3]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     port = free_port()
@@ -41,7 +44,7 @@ def renamed(videos: list[SampleVideo], first: int) -> list[SampleVideo]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mixed_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All three layouts in one source, and a truncated mp4 (a video that fails to bake)."""
     root = tmp_path_factory.mktemp("mixed") / "sav"
@@ -54,13 +57,13 @@ def mixed_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def remote_src(s3: S3, mixed_src: Path) -> str:
     s3.fs.put(f"{mixed_src}/", "sources/sav/", recursive=True)
     return "s3://sources/sav"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_reference(mixed_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same source built locally with one worker."""
     out = tmp_path_factory.mktemp("reference") / "store.zarr"
