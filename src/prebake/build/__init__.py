@@ -34,7 +34,6 @@ from prebake.build.options import (
     settings_of,
 )
 from prebake.build.unit import bake_unit, plan_unit, plan_units, tune_memory
-from prebake.errors import one_line
 
 __all__ = [
     "DEFAULT_FRAMES_PER_SHARD",
@@ -44,7 +43,6 @@ __all__ = [
     "BuildReport",
     "bake_unit",
     "build",
-    "one_line",
     "plan_unit",
     "plan_units",
     "selection_of",

@@ -3,6 +3,7 @@ complete store with what its source holds and it lacks."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import replace
@@ -160,7 +161,7 @@ class Builder:
 
                 self._executor = DaskCluster(self.options.dask)
             else:
-                note = lambda message: _say(self.options, message)  # noqa: E731
+                note = functools.partial(_say, self.options)
                 self._executor = LocalPool(self.options.workers, self.store.path, note)
         return self._executor
 
