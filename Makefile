@@ -12,7 +12,7 @@ $(BIN)/prebake: pyproject.toml
 	# The CPU wheel first: a bare torch requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# Pillow 12 beside the pinned 13, for tests of the Pillow-12 pass-order rule (tests/pillow12.py).
+	# Pillow 12 beside the pinned 13, for tests of the Pillow-12 pass-order rule (tests/reference/pillow12.py).
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/pillow12 'pillow==12.3.*'
 	@touch $@
 
@@ -22,7 +22,7 @@ demo: $(BIN)/prebake
 lint: $(BIN)/prebake
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy prebake
+	$(BIN)/mypy src/prebake
 
 test: lint
 	$(BIN)/pytest -q

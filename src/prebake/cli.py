@@ -1,0 +1,376 @@
+"""The `prebake` command: a thin typer shell over functions usable from Python.
+
+Exit codes: 0 done, 1 done but problems found (videos that failed to bake, source links that
+cannot be followed, baked videos whose source changed or vanished, a store that fails
+verification), 2 could not run (bad arguments, no store, store locked or built otherwise),
+130 interrupted. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from prebake.errors import PrebakeError
+from prebake.verify.checks import checks_help
+
+if TYPE_CHECKING:
+    from prebake.build import BuildReport
+
+app = typer.Typer(
+    help="Bake SA-V frames and masklets once into sharded Zarr v3 stores for Sa2VA-style training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Store = Annotated[Path, typer.Argument(help="Path of the prebake store (a Zarr v3 folder).")]
+StoreUrl = Annotated[
+    str,
+    typer.Argument(help="The prebake store: a Zarr v3 folder, or an fsspec URL (s3://bucket/x)."),
+]
+StorageOptionsJson = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-options",
+        help='JSON object passed to fsspec for URLs, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'.',
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"prebake: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+def _storage_options(text: str | None) -> dict[str, object]:
+    from prebake.storage import parse_storage_options
+
+    try:
+        return parse_storage_options(text)
+    except PrebakeError as error:
+        _fail(str(error))
+
+
+@app.command()
+def build(
+    src: Annotated[
+        str,
+        typer.Option(
+            "--src",
+            help="SA-V source: a folder or an fsspec URL (searched recursively, links to folders followed; any mix of layouts).",
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Store to create, resume if it is incomplete, or add the source's new videos to if it is complete: a folder or an fsspec URL.",
+        ),
+    ],
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (default: the machine's cores).", min=1),
+    ] = None,
+    masklets: Annotated[
+        str, typer.Option(help="Masklets to bake: manual (as SAM 2 trains), auto or all.")
+    ] = "manual",
+    layout: Annotated[
+        str, typer.Option(help="Source layout: auto (detect), train, frames or png.")
+    ] = "auto",
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Bake only the first N videos (by id); a larger N later adds the next ones.",
+            min=1,
+        ),
+    ] = None,
+    videos: Annotated[
+        Path | None,
+        typer.Option(help="File listing the video ids to bake (or to add), one per line."),
+    ] = None,
+    frames_per_shard: Annotated[
+        int, typer.Option(help="Frames per shard file of the image arrays.", min=1)
+    ] = 64,
+    items_per_shard: Annotated[
+        int, typer.Option(help="Items per shard file of the mask arrays.", min=1)
+    ] = 1024,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Bake the videos the store records as failed again."),
+    ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Run the videos as Dask tasks: a scheduler address (tcp://host:8786), or local:N for a cluster of N processes on this machine.",
+        ),
+    ] = None,
+    match_pillow: Annotated[
+        int,
+        typer.Option(
+            "--match-pillow",
+            help='Resize as this Pillow does, the one your trainer runs (python -c "import PIL; '
+            'print(PIL.__version__)"): 13 for Pillow 13 or later, 12 for 12 and earlier. The '
+            "two run the BICUBIC passes in another order for portrait frames.",
+        ),
+    ] = 13,
+    storage_options: StorageOptionsJson = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Bake every annotated frame and (frame, masklet) item under --src into the store --out."""
+    from prebake.build import BuildInterrupted, BuildOptions
+    from prebake.build import build as run_build
+
+    if dask is not None and workers is not None:
+        _fail("--workers and --dask exclude each other (size a local cluster with --dask local:N)")
+    options_of_fsspec = _storage_options(storage_options)
+    if masklets not in ("manual", "auto", "all"):
+        _fail(f"--masklets must be manual, auto or all, not {masklets!r}")
+    if layout not in ("auto", "train", "frames", "png"):
+        _fail(f"--layout must be auto, train, frames or png, not {layout!r}")
+    if match_pillow not in (13, 12):
+        _fail(f"--match-pillow must be 13 or 12, not {match_pillow!r}")
+    video_ids = None
+    if videos is not None:
+        try:
+            video_ids = [line.strip() for line in videos.read_text().splitlines() if line.strip()]
+        except OSError as error:
+            _fail(f"{videos}: cannot read ({error.strerror})")
+    options = BuildOptions(
+        src=src,
+        out=out,
+        workers=workers or os.cpu_count() or 1,
+        masklets=masklets,
+        layout=layout,
+        limit=limit,
+        video_ids=video_ids,
+        frames_per_shard=frames_per_shard,
+        items_per_shard=items_per_shard,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+        progress=not quiet,
+        storage_options=options_of_fsspec,
+        dask=dask,
+        pillow_rule=match_pillow,
+    )
+    try:
+        report = run_build(options)
+    except BuildInterrupted as error:
+        _fail(str(error), 130)
+    except PrebakeError as error:
+        _fail(str(error))
+    _print_build(report, out)
+
+
+def _print_build(report: BuildReport, out: str) -> None:
+    """The summary on stdout; what went wrong on stderr, one line each (then exit 1)."""
+    for note in report.source_notes:
+        typer.echo(f"note: {note}", err=True)
+    per_frame = report.bytes / report.frames if report.frames else 0
+    held = (
+        f"{report.videos} videos, {report.frames} frames, {report.items} items, "
+        f"{_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame)"
+    )
+    if report.built:
+        typer.echo(
+            f"baked {report.videos - report.videos_failed}/{report.videos} videos, {report.frames} frames, "
+            f"{report.items} items into {out}: {_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame) "
+            f"in {report.seconds:.1f} s, {report.frames_per_second:.1f} frames/s"
+            + (f" ({report.resumed} videos were already baked)" if report.resumed else "")
+        )
+    if report.added or report.retried:
+        retried = (
+            f", {report.retried} failed videos retried ({report.retried_ok} baked now)"
+            if report.retried
+            else ""
+        )
+        typer.echo(
+            f"{report.added} videos added to {out}{retried} in {report.seconds:.1f} s, "
+            f"{report.frames_baked} frames baked; the store holds {held}"
+        )
+    if report.already_complete:
+        typer.echo(f"{out}: already complete ({held}); nothing to add")
+    for problem in report.source_problems:
+        typer.echo(f"prebake: {problem}", err=True)
+    for change in report.source_changes:
+        typer.echo(f"prebake: {change}", err=True)
+    if report.failures:
+        typer.echo(f"{len(report.failures)} videos failed and were skipped:", err=True)
+        for failure in report.failures:
+            typer.echo(f"  {failure['video_id']}: {failure['reason']}", err=True)
+        typer.echo("(once they are fixed, --retry-failed bakes them again)", err=True)
+    if report.problems:
+        raise typer.Exit(1)
+
+
+VERIFY_HELP = (
+    "Check a store: schema, checksums, value semantics and (with --src) bit-exactness.\n\n"
+    "The checks, in the order they run (each problem names the array, row or file):\n\n"
+    + checks_help()
+)
+
+
+@app.command(help=VERIFY_HELP)
+def verify(
+    store: StoreUrl,
+    src: Annotated[
+        str | None,
+        typer.Option(
+            "--src",
+            help="Source (folder or URL) to re-derive sampled items from, bit for bit: mp4 frames "
+            "decoded by OpenCV (the trainers' decoder), resized by the store's Pillow rule.",
+        ),
+    ] = None,
+    samples: Annotated[
+        str, typer.Option(help="Items to re-derive with --src: a number, or 'all'.")
+    ] = "16",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    storage_options: StorageOptionsJson = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    from prebake.verify import verify_store
+
+    if samples != "all" and not samples.isdigit():
+        _fail(f"--samples must be a number or 'all', not {samples!r}")
+    options_of_fsspec = _storage_options(storage_options)
+    try:
+        report = verify_store(
+            store,
+            src=src,
+            samples=None if samples == "all" else int(samples),
+            progress=not (quiet or as_json),
+            storage_options=options_of_fsspec,
+        )
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def info(
+    store: StoreUrl,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    storage_options: StorageOptionsJson = None,
+) -> None:
+    """Describe a store: counts, failures, arrays, sizes, build parameters and versions."""
+    from prebake.info import format_info, store_info
+
+    options_of_fsspec = _storage_options(storage_options)
+    try:
+        details = store_info(store, options_of_fsspec)
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(details, indent=2) if as_json else format_info(details))
+
+
+@app.command()
+def show(
+    store: Store,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
+    item: Annotated[int | None, typer.Option("--item", help="Item to draw.", min=0)] = None,
+    grid: Annotated[
+        int | None, typer.Option("--grid", help="Contact sheet of N random items.", min=1)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --grid.")] = 0,
+) -> None:
+    """Draw items as a PNG: 1024 image with its mask, the 448 image and the 16 x 16 prompt grid."""
+    from prebake.show import render_preview
+
+    if item is not None and grid is not None:
+        _fail("give --item or --grid, not both")
+    try:
+        path = render_preview(store, out, item=item, grid=grid, seed=seed)
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    store: Annotated[
+        Path | None, typer.Argument(help="Store to measure the reader on (optional).")
+    ] = None,
+    src: Annotated[
+        Path | None, typer.Option("--src", help="Also time the on-the-fly pipeline on this source.")
+    ] = None,
+    build_src: Annotated[
+        Path | None,
+        typer.Option("--build-src", help="Also measure build scaling and memory on this source."),
+    ] = None,
+    items: Annotated[int, typer.Option(help="Items per reader measurement.", min=1)] = 200,
+    discovery: Annotated[
+        int | None,
+        typer.Option(
+            "--discovery",
+            help="Also time finding the videos of a generated tree of N empty SA-V-named files.",
+            min=1,
+        ),
+    ] = None,
+    append: Annotated[
+        bool,
+        typer.Option("--append", help="Also time adding a video to a store against a rebuild."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
+    run); build scaling, discovery and appends on request."""
+    from prebake.bench import format_bench, run_bench
+
+    if store is None and build_src is None and discovery is None and not append:
+        _fail("give a store (reader), --build-src, --discovery N or --append")
+    if store is None and src is not None:
+        _fail("--src times the reader's on-the-fly comparison: give a store too")
+    try:
+        results = run_bench(
+            store,
+            src=src,
+            build_src=build_src,
+            items=items,
+            discovery_files=discovery,
+            append=append,
+        )
+    except PrebakeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the sample and its store.")] = Path(
+        "demo-out"
+    ),
+) -> None:
+    """Make the built-in SA-V sample, build it, verify it and read a batch back."""
+    from prebake.demo import run_demo
+
+    try:
+        code = run_demo(out, echo=typer.echo)
+    except PrebakeError as error:
+        _fail(str(error))
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("prebake: interrupted", err=True)
+        sys.exit(130)

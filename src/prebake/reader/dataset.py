@@ -1,0 +1,255 @@
+"""`PrebakedDataset`: the training-side reader of a prebake store, items and clips as tensors.
+
+Everything that can be done once is done at open: the row tables are read (zarr-python,
+`prebake.reader.items`), the items are filtered, the array layouts are checked
+(`prebake.reader.layout`). What is per process (memory maps, shard indexes, zarr arrays of the
+fallback: `prebake.reader.rows`) is opened lazily in the process that reads, so the dataset
+pickles small and works in DataLoader workers under fork and spawn.
+
+The fallback path reads each row through zarr-python's `arr[row]`; it serves any array whose
+layout cannot be memory-mapped (for instance images stored with a compressor), everything when
+`fast=False`, and every array of a remote store (an fsspec URL: nothing to memory-map; copy the
+store to a local disk for the fast path). The tests prove both paths give identical tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from prebake.errors import StoreError
+from prebake.reader.items import ItemTables, load_tables
+from prebake.reader.layout import layout_of
+from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, RowReaders, tune_allocator
+from prebake.storage import StorageOptions, as_path
+from prebake.store.layout import StoreDir
+from prebake.store.schema import DATA_ARRAYS, ITEM_ARRAYS, array_specs
+
+FIELDS = DATA_ARRAYS  # ("pixel_values", "g_pixel_values", "prompt_masks", "masks")
+LOOP1_FIELDS = ("pixel_values", "prompt_masks")  # mask -> caption
+LOOP2_FIELDS = ("pixel_values", "g_pixel_values", "masks")  # caption -> mask
+METADATA_KEYS = ("video_id", "frame_index", "masklet_id", "masklet_type")
+
+# Served dtypes: masks are stored as uint8 0/1 but the mask loss wants floats.
+OUTPUT_DTYPES = {
+    "pixel_values": torch.float32,
+    "g_pixel_values": torch.uint8,
+    "prompt_masks": torch.bool,
+    "masks": torch.float32,
+}
+
+
+class PrebakedDataset(Dataset[dict[str, Any]]):
+    """Items of a complete prebake store as torch tensors, for Sa2VA-style training loops.
+
+    `ds[i]` is a dict holding the requested `fields` (default: all four) and the metadata
+    `video_id` (str), `frame_index` (int, 24 fps index of the frame), `masklet_id` (int) and
+    `masklet_type` (str):
+
+    - `pixel_values` float32 (3, 448, 448), ImageNet-normalized (InternVL);
+    - `g_pixel_values` uint8 (3, 1024, 1024), 0..255 (SAM 2);
+    - `prompt_masks` bool (16, 16) (visual prompt);
+    - `masks` float32 (1024, 1024), exactly 0.0 and 1.0 (ground truth).
+
+    Only the arrays in `fields` are read: `LOOP1_FIELDS` (mask -> caption) or `LOOP2_FIELDS`
+    (caption -> mask). Items are ordered by video, annotated frame, masklet.
+
+    `clip_len=T` serves T consecutive annotated frames of one masklet instead: every tensor gains
+    a leading T dimension, `frame_index` becomes an int64 tensor (T,), and `present` (bool (T,))
+    says where the masklet has a mask; where it has none, `prompt_masks` and `masks` are zero.
+    A clip starts at an item (its first frame always has the masklet) and never crosses a video:
+    only items with `t + T <= frames of the video` start a clip, so the last T - 1 annotated
+    frames of a video start none (no padding).
+
+    Filters: `masklet_types=("manual",)` keeps those types; `min_prompt_cells=4` drops items
+    whose prompt has fewer cells on (Sa2VA v2's rule). With clips, both apply to the first frame.
+
+    `fast=False` reads every row through zarr-python (slow; for checking). With `fast=True`,
+    arrays whose layout cannot be memory-mapped fall back to zarr-python on their own
+    (`read_paths` says which path each field takes). `verify_checksums=True` also checks the
+    crc32c of raw image chunks (compressed chunks are always checked). `max_open_shards` bounds
+    the shard files kept mapped per process (and per thread). `tune_allocator` raises glibc's
+    mmap and trim thresholds in each reading process (see `tune_allocator`).
+
+    `path` may be an fsspec URL (`s3://bucket/store.zarr`, with `storage_options` for fsspec:
+    endpoint, credentials): such a store is read through zarr-python, a request per row; copy
+    it to a local disk for the memory-mapped path.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fields: Sequence[str] | None = None,
+        clip_len: int | None = None,
+        masklet_types: Sequence[str] | None = None,
+        min_prompt_cells: int = 0,
+        *,
+        fast: bool = True,
+        verify_checksums: bool = False,
+        max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS,
+        tune_allocator: bool = True,
+        storage_options: StorageOptions | None = None,
+    ) -> None:
+        self.path = as_path(path, storage_options)
+        attrs = StoreDir(self.path).require_complete()
+        self.fields = _check_fields(fields)
+        if clip_len is not None and (isinstance(clip_len, bool) or int(clip_len) < 1):
+            raise ValueError(f"clip_len must be a positive number of frames, got {clip_len!r}")
+        self.clip_len = None if clip_len is None else int(clip_len)
+        self.type_names = [str(name) for name in attrs["masklet_types"]]
+        if masklet_types is not None:
+            if isinstance(masklet_types, str):
+                masklet_types = (masklet_types,)
+            unknown = sorted(set(masklet_types) - set(self.type_names))
+            if unknown:
+                raise ValueError(
+                    f"unknown masklet types {unknown}; the store has {self.type_names}"
+                )
+        self.masklet_types = None if masklet_types is None else tuple(masklet_types)
+        if int(min_prompt_cells) < 0:
+            raise ValueError(f"min_prompt_cells must be >= 0, got {min_prompt_cells!r}")
+        self.min_prompt_cells = int(min_prompt_cells)
+        if max_open_shards < 1:
+            raise ValueError(f"max_open_shards must be >= 1, got {max_open_shards!r}")
+        self.max_open_shards = int(max_open_shards)
+        self.verify_checksums = verify_checksums
+        self.tune_allocator = tune_allocator
+        specs = array_specs()
+        self.layouts = {name: layout_of(self.path, specs[name], fast) for name in self.fields}
+        self._tables: ItemTables | None = self._read_tables()
+        self._length = len(self._tables.selected)
+        # Open files and buffers, per process and per thread: threads must not share the
+        # LRU or the decode buffer, and a forked worker must not use its parent's.
+        self._local: threading.local | None = threading.local()
+
+    # -- pickling: parameters only; tables and open files are rebuilt in the receiving process
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tables"] = None
+        state["_local"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _read_tables(self) -> ItemTables:
+        return load_tables(
+            self.path, self.type_names, self.clip_len, self.masklet_types, self.min_prompt_cells
+        )
+
+    def _ensure_tables(self) -> ItemTables:
+        if self._tables is None:
+            tables = self._read_tables()
+            if len(tables.selected) != self._length:
+                raise StoreError(f"{self.path}: store changed since the dataset was created")
+            self._tables = tables
+        return self._tables
+
+    def _ensure_state(self) -> RowReaders:
+        if self._local is None:  # unpickled in this process
+            self._local = threading.local()
+        state: RowReaders | None = getattr(self._local, "state", None)
+        # A forked worker inherits the parent's state: it opens its own (pid differs).
+        if state is None or state.pid != os.getpid():
+            if self.tune_allocator:
+                tune_allocator()
+            state = RowReaders(self.path, self.layouts, self.max_open_shards, self.verify_checksums)
+            self._local.state = state
+        return state
+
+    @property
+    def read_paths(self) -> dict[str, str]:
+        """How each field is read: 'memmap', 'memmap+zstd' or 'zarr' (the fallback)."""
+        return {name: layout.mode for name, layout in self.layouts.items()}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[index] for index in range(self._length))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        position = int(index)
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError(f"index {index} out of range for {self._length} items")
+        tables = self._ensure_tables()
+        state = self._ensure_state()
+        item = int(tables.selected[position])
+        if self.clip_len is None:
+            return self._read_item(tables, state, item)
+        return self._read_clip(tables, state, item, self.clip_len)
+
+    def _read_item(self, tables: ItemTables, state: RowReaders, item: int) -> dict[str, Any]:
+        sample: dict[str, Any] = {}
+        frame_row, mask_row = int(tables.frame_row[item]), int(tables.mask_row[item])
+        for name in self.fields:
+            tensor, out = _empty(name, ())
+            state.rows[name].read_into(mask_row if name in ITEM_ARRAYS else frame_row, out)
+            sample[name] = tensor
+        sample["video_id"] = tables.video_ids[int(tables.video[item])]
+        sample["frame_index"] = int(tables.frame_index[item])
+        sample["masklet_id"] = int(tables.masklet_id[item])
+        sample["masklet_type"] = self.type_names[int(tables.masklet_type[item])]
+        return sample
+
+    def _read_clip(
+        self, tables: ItemTables, state: RowReaders, item: int, clip_len: int
+    ) -> dict[str, Any]:
+        assert tables.frames_frame_index is not None
+        frame_rows, clip_items, present = tables.clip(item, clip_len)
+        sample: dict[str, Any] = {}
+        for name in self.fields:
+            tensor, out = _empty(name, (clip_len,))
+            rows = state.rows[name]
+            for step in range(clip_len):
+                if name not in ITEM_ARRAYS:
+                    rows.read_into(int(frame_rows[step]), out[step])
+                elif present[step]:
+                    rows.read_into(int(tables.mask_row[clip_items[step]]), out[step])
+                else:
+                    out[step] = 0  # the masklet has no mask on this frame
+            sample[name] = tensor
+        sample["video_id"] = tables.video_ids[int(tables.video[item])]
+        sample["frame_index"] = torch.from_numpy(
+            tables.frames_frame_index[frame_rows].astype(np.int64)
+        )
+        sample["masklet_id"] = int(tables.masklet_id[item])
+        sample["masklet_type"] = self.type_names[int(tables.masklet_type[item])]
+        sample["present"] = torch.from_numpy(present)
+        return sample
+
+    def __repr__(self) -> str:
+        options = [f"fields={self.fields}"]
+        if self.clip_len is not None:
+            options.append(f"clip_len={self.clip_len}")
+        if self.masklet_types is not None:
+            options.append(f"masklet_types={self.masklet_types}")
+        if self.min_prompt_cells:
+            options.append(f"min_prompt_cells={self.min_prompt_cells}")
+        return f"PrebakedDataset({str(self.path)!r}, {', '.join(options)}): {self._length} items"
+
+
+def _check_fields(fields: Sequence[str] | None) -> tuple[str, ...]:
+    if fields is None:
+        return FIELDS
+    if isinstance(fields, str):
+        fields = (fields,)
+    unknown = [name for name in fields if name not in FIELDS]
+    if unknown:
+        raise ValueError(f"unknown fields {unknown}; choose from {list(FIELDS)}")
+    return tuple(name for name in FIELDS if name in fields)  # store order, no duplicates
+
+
+def _empty(name: str, lead: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+    """A fresh torch-owned output tensor and a writable numpy view of it (no copy, no warning)."""
+    tensor = torch.empty((*lead, *array_specs()[name].row_shape), dtype=OUTPUT_DTYPES[name])
+    return tensor, tensor.numpy()

@@ -1,0 +1,86 @@
+"""How each data array of a store is read, decided once when a dataset opens the store.
+
+The fast path reads an inner chunk as a byte range of a memory map of its shard: possible when
+the array's `zarr.json` says one row per inner chunk, plain little-endian bytes, at most zstd and
+crc32c after them, and the shard index at the end. Anything else (a compressor on images, a
+remote store, `fast=False`) falls back to zarr-python, and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prebake.errors import StoreError
+from prebake.storage import RemotePath
+from prebake.store.schema import ArraySpec
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How one data array is read: small and picklable (it travels to worker processes)."""
+
+    name: str
+    rows_per_shard: int
+    mode: str  # "memmap" (raw byte range), "memmap+zstd" (zstd frame) or "zarr" (fallback)
+    checksummed: bool  # inner chunks end with a crc32c
+    why: str = ""  # why an array falls back to zarr-python
+
+
+def layout_of(store: Path | RemotePath, spec: ArraySpec, allow_fast: bool) -> ArrayLayout:
+    """Inspect the array's zarr.json: can its inner chunks be read as byte ranges of the shard?"""
+    try:
+        with (store / spec.name / "zarr.json").open() as handle:
+            metadata = json.load(handle)
+        grid = metadata["chunk_grid"]["configuration"]["chunk_shape"]
+        rows_per_shard = int(grid[0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise StoreError(f"{store}: array {spec.name} has unreadable metadata ({error})") from None
+    if not allow_fast:
+        problem = "fast=False"
+    elif isinstance(store, RemotePath):
+        problem = "remote store (copy it to a local disk to memory-map it)"
+    else:
+        problem = unmappable(metadata, spec)
+    if problem:
+        return ArrayLayout(spec.name, rows_per_shard, "zarr", checksummed=False, why=problem)
+    inner = [codec["name"] for codec in metadata["codecs"][0]["configuration"]["codecs"][1:]]
+    checksummed = inner[-1:] == ["crc32c"]
+    mode = "memmap+zstd" if "zstd" in inner else "memmap"
+    return ArrayLayout(spec.name, rows_per_shard, mode, checksummed)
+
+
+def unmappable(metadata: dict[str, Any], spec: ArraySpec) -> str:
+    """Why the fast path cannot read this array ('' when it can)."""
+    if sys.byteorder != "little":
+        return "big-endian host"
+    if metadata.get("data_type") != spec.dtype or metadata.get("storage_transformers"):
+        return f"data type {metadata.get('data_type')!r} or storage transformers"
+    encoding = metadata.get("chunk_key_encoding", {})
+    separator = encoding.get("configuration", {}).get("separator", "/")
+    if encoding.get("name") != "default" or separator != "/":
+        return "chunk key encoding is not default '/'"
+    codecs = metadata.get("codecs", [])
+    if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+        return "not sharded"
+    config = codecs[0].get("configuration", {})
+    if list(config.get("chunk_shape", [])) != [1, *spec.row_shape]:
+        return "inner chunks are not one row"
+    if config.get("index_location", "end") != "end":
+        return "shard index is not at the end"
+    index_codecs = [codec.get("name") for codec in config.get("index_codecs", [])]
+    endian = config.get("index_codecs", [{}])[0].get("configuration", {}).get("endian", "little")
+    if index_codecs != ["bytes", "crc32c"] or endian != "little":
+        return "shard index codecs are not [bytes little-endian, crc32c]"
+    inner = config.get("codecs", [])
+    if not inner or inner[0].get("name") != "bytes":
+        return "inner chunks are not plain bytes"
+    if inner[0].get("configuration", {}).get("endian", "little") != "little":
+        return "inner chunks are big-endian"
+    rest = [codec.get("name") for codec in inner[1:]]
+    if rest not in ([], ["crc32c"], ["zstd"], ["zstd", "crc32c"]):
+        return f"inner codecs {rest} (only zstd and crc32c are read directly)"
+    return ""

@@ -1,0 +1,105 @@
+"""What `prebake verify` found: each problem with the check that found it, and what each group
+of checks covered, as text (`summary`) and as JSON (`to_json`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SUMMARY_PROBLEMS = 100  # problems printed by summary(); to_json() has them all
+
+
+@dataclass(frozen=True)
+class Problem:
+    check: str  # the name of the check that found it (`prebake verify --help` lists them)
+    message: str  # one line naming the array, row or file
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    found: list[Problem] = field(default_factory=list)
+    schema: dict[str, Any] = field(default_factory=dict)
+    integrity: dict[str, Any] = field(default_factory=dict)
+    semantics: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.found
+
+    @property
+    def problems(self) -> list[str]:
+        """Each problem's message, in the order found."""
+        return [problem.message for problem in self.found]
+
+    def problem(self, check: str, message: str) -> None:
+        self.found.append(Problem(check, message))
+
+    @property
+    def integrity_mb_per_s(self) -> float:
+        seconds = self.integrity.get("seconds", 0.0)
+        return self.integrity.get("bytes", 0) / seconds / 1e6 if seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        problems = self.problems
+        verdict = "OK" if self.ok else f"{len(problems)} problem{'s' * (len(problems) != 1)}"
+        lines = [f"{self.store}: {verdict}"]
+        if self.schema:
+            lines.append(
+                f"  schema     {self.schema.get('arrays', 0)} arrays and {self.schema.get('tables', 0)} tables "
+                f"against {self.schema.get('name')} v{self.schema.get('version')}; tables cross-checked"
+            )
+            if self.schema.get("videos_failed"):  # recorded at build time, not a fault of the store
+                lines.append(
+                    f"  note       {self.schema['videos_failed']} videos failed at build time and are "
+                    "not in the store (prebake info lists them)"
+                )
+        if self.integrity:
+            lines.append(
+                f"  integrity  {self.integrity['shards']} shard files, {self.integrity['chunks']} chunks, "
+                f"{self.integrity['bytes'] / 1e6:.1f} MB read and checksummed in {self.integrity['seconds']:.2f} s "
+                f"({self.integrity_mb_per_s:.0f} MB/s)"
+            )
+            if self.integrity.get("append_shards"):
+                lines.append(
+                    f"  note       an append is under way ({self.integrity['append_shards']} new shard "
+                    "files past the store's rows, not part of it yet); prebake build finishes it"
+                )
+        if self.semantics:
+            s = self.semantics
+            sampled = " (random sample)" if s["sampled"] else ""
+            lines.append(
+                f"  semantics  {s['frames_checked']}/{s['frames']} frames, {s['items_checked']}/{s['items']} items{sampled}"
+            )
+        if self.source is not None:
+            lines.append(
+                f"  source     {self.source['items_checked']} items and {self.source['frames_checked']} frames "
+                f"re-derived from {self.source['src']} and compared bit for bit"
+            )
+            for decoder in self.source.get("decoders", []):
+                lines.append(f"             frames decoded by {decoder}")
+            lines.append(
+                f"             resized as Pillow {self.source.get('pillow_rule')} does (the store's --match-pillow)"
+            )
+        elif self.semantics:
+            lines.append("  source     not checked (pass --src to re-derive items bit for bit)")
+        if problems:
+            lines.append("problems:")
+            lines.extend(f"  {problem}" for problem in problems[:SUMMARY_PROBLEMS])
+            if len(problems) > SUMMARY_PROBLEMS:
+                lines.append(
+                    f"  ... and {len(problems) - SUMMARY_PROBLEMS} more (--json lists them all)"
+                )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "ok": self.ok,
+            "problems": self.problems,
+            "schema": self.schema,
+            "integrity": {**self.integrity, "mb_per_s": round(self.integrity_mb_per_s, 1)},
+            "semantics": self.semantics,
+            "source": self.source,
+        }
