@@ -122,6 +122,15 @@ def build(
             help="Run the videos as Dask tasks: a scheduler address (tcp://host:8786), or local:N for a cluster of N processes on this machine.",
         ),
     ] = None,
+    fields: Annotated[
+        str | None,
+        typer.Option(
+            "--fields",
+            help="Training arrays to store, comma-separated (default: all four): pixel_values, "
+            "g_pixel_values, prompt_masks, masks; e.g. pixel_values,prompt_masks for Loop 1. "
+            "The tables always list every item.",
+        ),
+    ] = None,
     match_pillow: Annotated[
         int,
         typer.Option(
@@ -147,6 +156,9 @@ def build(
         _fail(f"--layout must be auto, train, frames or png, not {layout!r}")
     if match_pillow not in (13, 12):
         _fail(f"--match-pillow must be 13 or 12, not {match_pillow!r}")
+    field_names = None
+    if fields is not None:
+        field_names = [name.strip() for name in fields.split(",") if name.strip()]
     video_ids = None
     if videos is not None:
         try:
@@ -169,6 +181,7 @@ def build(
         storage_options=options_of_fsspec,
         dask=dask,
         pillow_rule=match_pillow,
+        fields=field_names,
     )
     try:
         report = run_build(options)

@@ -54,6 +54,7 @@ def bake_units(
     state: RunState,
     progress: bool,
     storage_options: StorageOptions | None,
+    schema_version: int,
 ) -> None:
     """Bake every unit of `todo` in `executor`'s workers (one worker included: a crash in a
     decoder then kills a worker, not the build) and commit each unit's record as it comes back."""
@@ -74,7 +75,7 @@ def bake_units(
 
     def job(unit: UnitPlan) -> tuple[Any, ...]:
         """bake_unit's arguments for `unit`."""
-        return (str(store.path), unit.to_json(), params, storage_options)
+        return (str(store.path), unit.to_json(), params, storage_options, schema_version)
 
     def done(unit: UnitPlan, record: dict[str, Any] | None) -> None:
         nonlocal failed

@@ -24,6 +24,7 @@ from prebake.build.options import (
     BuildInterrupted,
     BuildOptions,
     BuildReport,
+    check_fields,
     check_settings,
     selection_of,
     settings_of,
@@ -38,6 +39,7 @@ from prebake.store.growth import StoredVideos, commit_append, pending_append, pl
 from prebake.store.layout import StoreDir
 from prebake.store.lock import RemoteStoreLock, StoreLock
 from prebake.store.plan import UnitPlan
+from prebake.store.schema import SCHEMA_VERSION, store_version
 from prebake.store.tables import Base
 
 
@@ -63,6 +65,7 @@ def _build(options: BuildOptions) -> BuildReport:
             f"pillow rule must be one of {', '.join(map(str, transforms.PILLOW_RULES))}, "
             f"not {options.pillow_rule!r}"
         )
+    check_fields(options.fields)
     if options.dask is not None:
         options = _absolute(options)
     out = as_path(options.out, options.storage_options)
@@ -128,6 +131,17 @@ def _tidy(store: StoreDir, created: bool) -> None:
             store.path.rmdir()
 
 
+def _check_version(path: Path | RemotePath, version: int, writes: int) -> None:
+    """Refuse to resume or add to a store of another schema version (one line, exit 2)."""
+    if version == writes == SCHEMA_VERSION:
+        return
+    made = "an older" if version < SCHEMA_VERSION else "another"
+    raise StoreError(
+        f"{path}: store has schema v{version} (made by {made} prebake), which this prebake reads "
+        f"but does not resume or add to; build a new store (--overwrite, or another --out)"
+    )
+
+
 def _say(options: BuildOptions, message: str) -> None:
     if options.progress:
         from tqdm import tqdm
@@ -184,6 +198,7 @@ class Builder:
         settings = settings_of(options)
         attrs = None if options.overwrite else store.attrs()
         if attrs is not None:
+            _check_version(store.path, store_version(attrs), options.schema_version)
             check_settings(store.path, attrs.get("settings") or {}, settings)
         append = pending_append(store, attrs)
         if attrs is not None and append is not None:
@@ -228,9 +243,10 @@ class Builder:
                 )
             plan = self._make_plan(settings, list(enumerate(refs)), "build", Base())
             store.write_plan(plan)
-            attrs = initial_attrs(settings, plan, self.started, self.workers)
+            version = options.schema_version
+            attrs = initial_attrs(settings, plan, self.started, self.workers, version)
             attrs["build"].update(selection_of(options))
-            store.create(attrs, settings["params"])
+            store.create(attrs, settings["params"], version)
         else:
             store.prepare_build_dir()
         units, resumed = self._bake_plan(settings, plan)
@@ -327,6 +343,7 @@ class Builder:
             state=self.state,
             progress=self.options.progress,
             storage_options=self.options.storage_options,
+            schema_version=self.options.schema_version,
         )
         self.baked_ids.update(unit.video_id for unit in units)
         return units, resumed

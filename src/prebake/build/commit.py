@@ -19,7 +19,7 @@ from prebake.sources import MASKLET_TYPES
 from prebake.storage import RemotePath, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.plan import Outcome, UnitPlan, decode_ints
-from prebake.store.schema import SCHEMA_NAME, SCHEMA_VERSION
+from prebake.store.schema import CODES, SCHEMA_NAME, SCHEMA_VERSION
 from prebake.store.tables import make_tables
 from prebake.versions import library_versions
 
@@ -65,17 +65,24 @@ def _finished(future: Future[None]) -> bool:
 
 
 def initial_attrs(
-    settings: dict[str, Any], plan: dict[str, Any], started: float, workers: int
+    settings: dict[str, Any],
+    plan: dict[str, Any],
+    started: float,
+    workers: int,
+    version: int = SCHEMA_VERSION,
 ) -> dict[str, Any]:
-    """The root attributes of a store being built from `plan` (state "building")."""
+    """The root attributes of a store of schema `version` being built from `plan` (state
+    "building")."""
     units = plan["units"]
+    codes = {"layouts": list(CODES["layouts"]), "statuses": list(CODES["statuses"])}
     return {
         "schema": SCHEMA_NAME,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": version,
         "state": "building",
         "frame_rows": plan["frame_rows"],
         "item_rows": plan["item_rows"],
         "masklet_types": list(MASKLET_TYPES),
+        **(codes if version >= 2 else {}),
         "params": settings["params"],
         "versions": library_versions(),
         "source": {**settings["source"], "videos": len(units)},
@@ -121,7 +128,8 @@ def commit_build(
 ) -> dict[str, Any]:
     """Commit a fresh build: tables, then the attributes that mark the store complete."""
     records = committed_records(store, units)
-    store.write_tables(make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"]))
+    tables = make_tables(units, records, attrs["frame_rows"], attrs["source"]["root"])
+    store.write_tables(tables, attrs["schema_version"])
     outcome = Outcome.of(units, records)
     attrs = dict(attrs)
     attrs["state"] = "complete"

@@ -11,6 +11,7 @@ from prebake import decoding, transforms
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.storage import RemotePath, StorageOptions, as_path, location_text
+from prebake.store.schema import DATA_ARRAYS, SCHEMA_VERSION
 from prebake.versions import library_versions
 
 DEFAULT_FRAMES_PER_SHARD = 64
@@ -41,6 +42,11 @@ class BuildOptions:
     # "opencv" is the reference; "legacy" bakes stores as prebake did before, for tests only.
     decoder_conversion: str = "opencv"
     retry_failed: bool = False  # bake the videos recorded as failed again (as new units)
+    # The training arrays to store (--fields), any order; None: all four.
+    fields: tuple[str, ...] | list[str] | None = None
+    # Not a command option: 1 bakes a store of schema v1 (float32 pixel_values, zarr-python
+    # string tables, all fields), as prebake did before, for tests of v1 stores only.
+    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass
@@ -75,6 +81,20 @@ class BuildReport:
         return self.frames_baked / self.seconds if self.seconds > 0 else 0.0
 
 
+def check_fields(fields: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """The training arrays asked for, in store order; PrebakeError (one line) for an unknown
+    name or none at all."""
+    if fields is None:
+        return DATA_ARRAYS
+    unknown = [name for name in fields if name not in DATA_ARRAYS]
+    if unknown or not fields:
+        raise PrebakeError(
+            f"fields must be one or more of {', '.join(DATA_ARRAYS)}"
+            + (f", not {', '.join(map(repr, unknown))}" if unknown else "")
+        )
+    return tuple(name for name in DATA_ARRAYS if name in fields)
+
+
 def settings_of(options: BuildOptions) -> dict[str, Any]:
     """Everything that decides a store's bytes: a store is only resumed with equal settings."""
     params = dict(transforms.PARAMS)
@@ -84,6 +104,12 @@ def settings_of(options: BuildOptions) -> dict[str, Any]:
         layout=options.layout,
         frames_per_shard=options.frames_per_shard,
         items_per_shard=options.items_per_shard,
+    )
+    if options.schema_version >= 2:
+        params["fields"] = list(check_fields(options.fields))
+    elif options.fields is not None:
+        raise PrebakeError("a store of schema v1 holds every field")
+    params.update(
         pillow_rule=options.pillow_rule,
         decoding=decoding.decoding_settings(options.decoder_conversion),
     )

@@ -23,7 +23,7 @@ from prebake.sources.base import VideoRef
 from prebake.storage import StorageOptions
 from prebake.store.layout import StoreDir
 from prebake.store.plan import UnitPlan, encode_ints, items_of
-from prebake.store.schema import DATA_ARRAYS, array_specs
+from prebake.store.schema import SCHEMA_VERSION, array_specs, fields_of
 from prebake.store.writer import RowStream, StoreWriteError, remove_shards
 
 PROMPT_CELLS_DTYPE = "<i2"  # cells on in a 16 x 16 prompt grid, as the items table stores them
@@ -77,17 +77,19 @@ def bake_unit(
     unit_data: dict[str, Any],
     params: dict[str, Any],
     storage_options: StorageOptions | None = None,
+    schema_version: int = SCHEMA_VERSION,
 ) -> dict[str, Any]:
     """Bake one planned video into the rows it owns; return its record (never raises for bad input).
 
     Idempotent: it writes only the unit's own shards, each atomically, with the same bytes
     every time, so running it again (after a crash, or on another Dask worker) is harmless.
-    `storage_options` are for a store or source named by URL. Raises StoreWriteError when the
-    store cannot be written (the store's fault, not the video's).
+    `storage_options` are for a store or source named by URL; the arrays written are those of
+    `params`' fields, in the layout of `schema_version`. Raises StoreWriteError when the store
+    cannot be written (the store's fault, not the video's).
     """
     unit = UnitPlan.from_json(unit_data)
     store = StoreDir(store_path, storage_options)
-    specs = array_specs()
+    specs = array_specs(schema_version)
     first_rows = {"frame_rows": unit.frame_row, "item_rows": unit.item_row}
     streams = {
         name: RowStream(
@@ -96,7 +98,7 @@ def bake_unit(
             first_rows[specs[name].rows],
             params[str(specs[name].rows_per_shard)],
         )
-        for name in DATA_ARRAYS
+        for name in fields_of(params)
     }
     started = time.perf_counter()
     try:
@@ -126,7 +128,7 @@ def remove_unit_shards(store: StoreDir, unit: UnitPlan, params: dict[str, Any]) 
     """Delete the shards of a unit that failed: the store holds nothing its tables do not list."""
     first_rows = {"frame_rows": unit.frame_row, "item_rows": unit.item_row}
     counts = {"frame_rows": len(unit.frame_indices), "item_rows": len(unit.items)}
-    for name in DATA_ARRAYS:
+    for name in fields_of(params):
         spec = array_specs()[name]
         rows_per_shard = params[str(spec.rows_per_shard)]
         remove_shards(store, spec, first_rows[spec.rows], counts[spec.rows], rows_per_shard)
@@ -166,9 +168,14 @@ def _bake_frames(
     prompt_cells = []
     frames = 0
     pillow = params["pillow_rule"]
+    pixel = transforms.pixel_values  # schema v1: the float32 InternVL input
+    if "pixel_values" in streams and streams["pixel_values"].spec.dtype == "uint8":
+        pixel = transforms.pixel_levels  # v2: its uint8 levels, normalized on read
     for t, frame in video.iter_frames(params["decoding"]["conversion"]):
-        streams["pixel_values"].append(transforms.pixel_values(frame, pillow))
-        streams["g_pixel_values"].append(transforms.g_pixel_values(frame, pillow))
+        if "pixel_values" in streams:
+            streams["pixel_values"].append(pixel(frame, pillow))
+        if "g_pixel_values" in streams:
+            streams["g_pixel_values"].append(transforms.g_pixel_values(frame, pillow))
         del frame  # one frame at a time, whatever the video's length
         for k, area in items_at[t]:
             mask = video.mask(t, k)
@@ -178,9 +185,11 @@ def _bake_frames(
                     f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area "
                     "than its RLE counts",
                 )
-            streams["masks"].append(transforms.masks(mask))
-            prompt = transforms.prompt_masks(mask)
-            streams["prompt_masks"].append(prompt)
+            if "masks" in streams:
+                streams["masks"].append(transforms.masks(mask))
+            prompt = transforms.prompt_masks(mask)  # its cells are in the items table
+            if "prompt_masks" in streams:
+                streams["prompt_masks"].append(prompt)
             prompt_cells.append(int(prompt.sum()))
         frames += 1
         _progress(1)

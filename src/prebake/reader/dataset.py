@@ -30,7 +30,14 @@ from prebake.reader.layout import layout_of
 from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, RowReaders, tune_allocator
 from prebake.storage import StorageOptions, as_path
 from prebake.store.layout import StoreDir
-from prebake.store.schema import DATA_ARRAYS, ITEM_ARRAYS, array_specs
+from prebake.store.schema import (
+    DATA_ARRAYS,
+    ITEM_ARRAYS,
+    SCHEMA_VERSIONS,
+    array_specs,
+    fields_of,
+    store_version,
+)
 
 FIELDS = DATA_ARRAYS  # ("pixel_values", "g_pixel_values", "prompt_masks", "masks")
 LOOP1_FIELDS = ("pixel_values", "prompt_masks")  # mask -> caption
@@ -49,7 +56,8 @@ OUTPUT_DTYPES = {
 class PrebakedDataset(Dataset[dict[str, Any]]):
     """Items of a complete prebake store as torch tensors, for Sa2VA-style training loops.
 
-    `ds[i]` is a dict holding the requested `fields` (default: all four) and the metadata
+    `ds[i]` is a dict holding the requested `fields` (default: every field the store holds; a
+    store built with `--fields` holds only those) and the metadata
     `video_id` (str), `frame_index` (int, 24 fps index of the frame), `masklet_id` (int) and
     `masklet_type` (str):
 
@@ -59,7 +67,13 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     - `masks` float32 (1024, 1024), exactly 0.0 and 1.0 (ground truth).
 
     Only the arrays in `fields` are read: `LOOP1_FIELDS` (mask -> caption) or `LOOP2_FIELDS`
-    (caption -> mask). Items are ordered by video, annotated frame, masklet.
+    (caption -> mask). Items are ordered by video, annotated frame, masklet. Asking for a field
+    the store does not hold raises StoreError (one line naming the store and the field); an
+    unknown field name raises ValueError.
+
+    Stores of schema v1 and v2 serve the same tensors: v2 stores `pixel_values` as its uint8
+    448 x 448 levels and serves `pixel_table()[c][level]` (`prebake.transforms`), bit for bit
+    the float32 v1 stores.
 
     `clip_len=T` serves T consecutive annotated frames of one masklet instead: every tensor gains
     a leading T dimension, `frame_index` becomes an int64 tensor (T,), and `present` (bool (T,))
@@ -99,7 +113,15 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     ) -> None:
         self.path = as_path(path, storage_options)
         attrs = StoreDir(self.path).require_complete()
-        self.fields = _check_fields(fields)
+        self.version = store_version(attrs)
+        if self.version not in SCHEMA_VERSIONS:
+            raise StoreError(
+                f"{self.path}: store has schema version {attrs.get('schema_version')!r}; this "
+                f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
+            )
+        params = attrs.get("params")
+        self.stored_fields = fields_of(params if isinstance(params, dict) else {})
+        self.fields = _check_fields(fields, self.stored_fields, self.path)
         if clip_len is not None and (isinstance(clip_len, bool) or int(clip_len) < 1):
             raise ValueError(f"clip_len must be a positive number of frames, got {clip_len!r}")
         self.clip_len = None if clip_len is None else int(clip_len)
@@ -121,7 +143,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         self.max_open_shards = int(max_open_shards)
         self.verify_checksums = verify_checksums
         self.tune_allocator = tune_allocator
-        specs = array_specs()
+        specs = array_specs(self.version)
         self.layouts = {name: layout_of(self.path, specs[name], fast) for name in self.fields}
         self._tables: ItemTables | None = self._read_tables()
         self._length = len(self._tables.selected)
@@ -141,7 +163,12 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
 
     def _read_tables(self) -> ItemTables:
         return load_tables(
-            self.path, self.type_names, self.clip_len, self.masklet_types, self.min_prompt_cells
+            self.path,
+            self.type_names,
+            self.clip_len,
+            self.masklet_types,
+            self.min_prompt_cells,
+            self.version,
         )
 
     def _ensure_tables(self) -> ItemTables:
@@ -160,7 +187,9 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         if state is None or state.pid != os.getpid():
             if self.tune_allocator:
                 tune_allocator()
-            state = RowReaders(self.path, self.layouts, self.max_open_shards, self.verify_checksums)
+            state = RowReaders(
+                self.path, self.layouts, self.max_open_shards, self.verify_checksums, self.version
+            )
             self._local.state = state
         return state
 
@@ -238,14 +267,24 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         return f"PrebakedDataset({str(self.path)!r}, {', '.join(options)}): {self._length} items"
 
 
-def _check_fields(fields: Sequence[str] | None) -> tuple[str, ...]:
+def _check_fields(
+    fields: Sequence[str] | None, stored: tuple[str, ...], path: object
+) -> tuple[str, ...]:
+    """The fields to read, in store order: ValueError for an unknown name, StoreError for a
+    field the store does not hold."""
     if fields is None:
-        return FIELDS
+        return stored
     if isinstance(fields, str):
         fields = (fields,)
     unknown = [name for name in fields if name not in FIELDS]
     if unknown:
         raise ValueError(f"unknown fields {unknown}; choose from {list(FIELDS)}")
+    lacking = [name for name in FIELDS if name in fields and name not in stored]
+    if lacking:
+        raise StoreError(
+            f"{path}: the store holds no {', '.join(lacking)} (it was built with --fields "
+            f"{','.join(stored)}); rebuild it with the fields you need"
+        )
     return tuple(name for name in FIELDS if name in fields)  # store order, no duplicates
 
 

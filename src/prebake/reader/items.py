@@ -11,6 +11,8 @@ import zarr
 
 from prebake.errors import StoreError
 from prebake.storage import RemotePath, zarr_store
+from prebake.store.columns import read_column
+from prebake.store.schema import array_specs
 
 # Bit layout of an item key (video, annotated frame t, masklet type, masklet id), sorted like
 # the items table; a clip looks up its frames with one searchsorted over these keys.
@@ -66,7 +68,9 @@ def load_tables(
     clip_len: int | None,
     masklet_types: tuple[str, ...] | None,
     min_prompt_cells: int,
+    version: int,
 ) -> ItemTables:
+    """The item tables of a store of schema `version`, the filters applied."""
     root = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
 
     def column(name: str) -> np.ndarray:
@@ -102,7 +106,7 @@ def load_tables(
         masklet_id=masklet_id,
         masklet_type=masklet_type,
         t=t,
-        video_ids=[str(value) for value in column("videos/video_id")],
+        video_ids=read_column(root, array_specs(version)["videos/video_id"]).tolist(),
         video_frame_row=video_frame_row,
         frames_frame_index=frames_frame_index,
         sorted_keys=sorted_keys,

@@ -31,6 +31,7 @@ from prebake.errors import StoreError
 from prebake.sources import Discovery, VideoRef, fingerprint
 from prebake.store.layout import StoreDir
 from prebake.store.plan import Outcome, UnitPlan
+from prebake.store.schema import fields_of
 from prebake.store.tables import Base, make_tables
 
 
@@ -161,7 +162,10 @@ def commit_append(
         )
         store.stage_tables(tables)
     store.set_attrs({**attrs, "state": "building", "append": plan["id"]})
-    store.grow_arrays({"frame_rows": plan["frame_rows"], "item_rows": plan["item_rows"]})
+    store.grow_arrays(
+        {"frame_rows": plan["frame_rows"], "item_rows": plan["item_rows"]},
+        fields_of(attrs["params"]),
+    )
     staged = store.staged_tables()
     assert staged is not None
     store.write_tables(staged)

@@ -20,7 +20,15 @@ import numpy as np
 
 from prebake.errors import StoreError
 from prebake.storage import RemotePath, as_path, zarr_store
-from prebake.store.schema import DATA_ARRAYS, SCHEMA_NAME, ArraySpec, array_specs, schema_document
+from prebake.store.columns import read_column, write_column
+from prebake.store.schema import (
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    ArraySpec,
+    array_specs,
+    fields_of,
+    store_version,
+)
 
 BUILD_DIR = ".prebake-build"  # removed once the store is complete
 
@@ -163,14 +171,17 @@ class StoreDir:
             if child.name != BUILD_DIR:
                 _remove(child)
 
-    def create(self, attrs: dict[str, Any], params: dict[str, Any]) -> None:
-        """Create the group and the four data arrays (metadata only: no chunk is written)."""
+    def create(
+        self, attrs: dict[str, Any], params: dict[str, Any], version: int = SCHEMA_VERSION
+    ) -> None:
+        """Create the group and the data arrays of `params`' fields (metadata only: no chunk
+        is written), in the layout of schema `version`."""
         import zarr  # here, not at the top: workers never need it and start faster without it
 
         root = zarr.open_group(zarr_store(self.path, read_only=False), mode="a", zarr_format=3)
         capacity = {"frame_rows": attrs["frame_rows"], "item_rows": attrs["item_rows"]}
-        for name in DATA_ARRAYS:
-            spec = array_specs()[name]
+        for name in fields_of(params):
+            spec = array_specs(version)[name]
             rows = capacity[spec.rows]
             assert spec.rows_per_shard is not None
             per_shard = params[spec.rows_per_shard]
@@ -193,36 +204,25 @@ class StoreDir:
         root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+", zarr_format=3)
         root.attrs.put({"prebake": attrs})
 
-    def write_tables(self, tables: Iterable[tuple[str, np.ndarray]]) -> None:
-        """Write the row tables (1-D arrays, given one at a time) through zarr-python."""
+    def write_tables(
+        self, tables: Iterable[tuple[str, np.ndarray]], version: int | None = None
+    ) -> None:
+        """Write the row tables (1-D, given one at a time as `make_tables` makes them) through
+        zarr-python, in the layout of schema `version` (default: the store's)."""
         import zarr
 
+        specs = array_specs(self.schema_version() if version is None else version)
         root = zarr.open_group(zarr_store(self.path, read_only=False), mode="r+", zarr_format=3)
-        chunk = schema_document()["table_rows_per_chunk"]
         for name, values in tables:
-            spec = array_specs()[name]
-            group_name, array_name = name.split("/")
-            group = root.require_group(group_name)
-            string = spec.dtype == "string"
-            array = group.create_array(
-                array_name,
-                shape=values.shape,
-                dtype=str if string else spec.numpy_dtype,
-                chunks=(max(1, min(len(values), chunk)),),
-                serializer=spec.codecs[0],
-                compressors=list(spec.codecs[1:]),
-                fill_value=spec.fill_value,
-                overwrite=True,
-            )
-            if len(values):
-                array[:] = values
+            write_column(root, specs[name], values)
 
-    def grow_arrays(self, capacity: dict[str, int]) -> None:
-        """Grow the data arrays to `capacity` rows (by "frame_rows" / "item_rows"): metadata
-        only, so no shard file is read or written (zarr deletes chunks only when shrinking)."""
+    def grow_arrays(self, capacity: dict[str, int], fields: tuple[str, ...]) -> None:
+        """Grow the data arrays of `fields` to `capacity` rows (by "frame_rows" / "item_rows"):
+        metadata only, so no shard file is read or written (zarr deletes chunks only when
+        shrinking)."""
         import zarr
 
-        for name in DATA_ARRAYS:
+        for name in fields:
             spec = array_specs()[name]
             array = zarr.open_array(
                 zarr_store(self.path / name, read_only=False), mode="r+", zarr_format=3
@@ -233,12 +233,18 @@ class StoreDir:
             if rows > array.shape[0]:
                 array.resize((rows, *spec.row_shape))
 
+    def schema_version(self) -> int:
+        """The store's schema version (of its root attributes; a store without any: the
+        version a build writes now)."""
+        attrs = self.attrs()
+        return SCHEMA_VERSION if attrs is None else store_version(attrs)
+
     def read_table(self, name: str) -> np.ndarray:
-        """A row table's values (strings as a list-like object array)."""
+        """A row table's values (text and coded columns: object arrays of str)."""
         import zarr
 
-        array = zarr.open_array(zarr_store(self.path / name), mode="r", zarr_format=3)
-        return np.asarray(array[...])
+        root = zarr.open_group(zarr_store(self.path), mode="r", zarr_format=3)
+        return read_column(root, array_specs(self.schema_version())[name])
 
     def stage_tables(self, tables: Iterable[tuple[str, np.ndarray]]) -> None:
         """Save an append's new tables in the build folder, then mark them complete: the

@@ -1,6 +1,8 @@
-"""The store schema (`prebake/schemas/prebake-store-v1.json`, package data; `schemas/` at the
-repository's root shows it): the one description of every array that `build` creates, the
-reader trusts and `verify` checks."""
+"""The store schemas (`prebake/schemas/prebake-store-v<N>.json`, package data; `schemas/` at the
+repository's root shows them): the one description of every array that `build` creates, the
+reader trusts and `verify` checks. New stores are written in `SCHEMA_VERSION` (2); version 1
+stores are read and verified as before (`array_specs(1)`).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +17,26 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from prebake.sources.base import MASKLET_TYPES
+
 SCHEMA_NAME = "prebake-store"
-SCHEMA_VERSION = 1
-SCHEMA_PATH = (
-    Path(__file__).resolve().parents[1] / "schemas" / f"{SCHEMA_NAME}-v{SCHEMA_VERSION}.json"
-)
+SCHEMA_VERSION = 2  # what a build writes
+SCHEMA_VERSIONS = (1, 2)  # what the reader, verify, info and show read
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 IMAGE_ARRAYS = ("pixel_values", "g_pixel_values")  # one row per annotated frame
 ITEM_ARRAYS = ("prompt_masks", "masks")  # one row per (annotated frame, masklet) item
-DATA_ARRAYS = IMAGE_ARRAYS + ITEM_ARRAYS
+DATA_ARRAYS = IMAGE_ARRAYS + ITEM_ARRAYS  # the training arrays ("fields"), in store order
+# The names behind the codes of coded columns (v2), by the root attribute that lists them.
+CODES: dict[str, tuple[str, ...]] = {
+    "masklet_types": MASKLET_TYPES,
+    "layouts": ("train", "frames", "png"),
+    "statuses": ("ok", "failed"),
+}
+TEXT_PARTS = ("offsets", "utf8")  # the arrays of a text column's group (v2)
+
+
+def schema_path(version: int = SCHEMA_VERSION) -> Path:
+    return SCHEMA_DIR / f"{SCHEMA_NAME}-v{version}.json"
 
 
 @dataclass(frozen=True)
@@ -30,15 +44,29 @@ class ArraySpec:
     name: str
     rows: str  # "frame_rows", "item_rows", "items" or "videos"
     row_shape: tuple[int, ...]
-    dtype: str  # numpy dtype name, or "string"
+    dtype: str  # numpy dtype name; "string" (v1: zarr-python strings) or "utf8" (v2: text group)
     fill_value: Any
     sharded: bool
     rows_per_shard: str | None  # the params key giving rows per shard
     codecs: tuple[dict[str, Any], ...]
+    codes: str | None = None  # coded column: the root attribute listing its names (v2)
 
     @property
     def numpy_dtype(self) -> np.dtype:
-        return np.dtype(str) if self.dtype == "string" else np.dtype(self.dtype).newbyteorder("<")
+        """The stored values' dtype (text columns: str)."""
+        if self.dtype in ("string", "utf8"):
+            return np.dtype(str)
+        return np.dtype(self.dtype).newbyteorder("<")
+
+    @property
+    def text(self) -> bool:
+        """Whether the column's values are strings (stored as text, or as codes of names)."""
+        return self.dtype in ("string", "utf8") or self.codes is not None
+
+    @property
+    def values_dtype(self) -> np.dtype:
+        """The dtype of the column's values as tables are made and read (str for text)."""
+        return np.dtype(str) if self.text else self.numpy_dtype
 
     @property
     def row_nbytes(self) -> int:
@@ -50,15 +78,16 @@ class ArraySpec:
 
 
 @cache
-def schema_document() -> dict[str, Any]:
-    with SCHEMA_PATH.open() as handle:
+def schema_document(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    with schema_path(version).open() as handle:
         document: dict[str, Any] = json.load(handle)
     return document
 
 
 @cache
-def array_specs() -> dict[str, ArraySpec]:
-    document = schema_document()
+def array_specs(version: int = SCHEMA_VERSION) -> dict[str, ArraySpec]:
+    """Every array (and table column) of a store of schema `version`, in schema order."""
+    document = schema_document(version)
     specs = {}
     for name, entry in document["arrays"].items():
         codecs = list(
@@ -66,7 +95,7 @@ def array_specs() -> dict[str, ArraySpec]:
             or document["string_table_codecs" if entry["dtype"] == "string" else "table_codecs"]
         )
         if (
-            entry["dtype"] != "string"
+            entry["dtype"] not in ("string", "utf8")
             and np.dtype(entry["dtype"]).itemsize == 1
             and codecs[0]["name"] == "bytes"
         ):
@@ -76,17 +105,53 @@ def array_specs() -> dict[str, ArraySpec]:
             rows=entry["rows"],
             row_shape=tuple(entry["shape"]),
             dtype=entry["dtype"],
-            fill_value=entry["fill_value"],
+            fill_value=entry.get("fill_value"),
             sharded=entry.get("sharded", False),
             rows_per_shard=entry.get("rows_per_shard"),
             codecs=tuple(codecs),
+            codes=entry.get("codes") if version >= 2 else None,
         )
     return specs
 
 
-def table_columns(group: str) -> tuple[str, ...]:
+def text_part_spec(spec: ArraySpec, part: str) -> ArraySpec:
+    """One array of a v2 text column's group: 'offsets' (int64) or 'utf8' (uint8)."""
+    dtype = {"offsets": "int64", "utf8": "uint8"}[part]
+    codecs = list(schema_document(2)["table_codecs"])
+    if dtype == "uint8":
+        codecs[0] = {"name": "bytes"}
+    return ArraySpec(
+        name=f"{spec.name}/{part}",
+        rows=spec.rows,
+        row_shape=(),
+        dtype=dtype,
+        fill_value=0,
+        sharded=False,
+        rows_per_shard=None,
+        codecs=tuple(codecs),
+    )
+
+
+def fields_of(params: dict[str, Any]) -> tuple[str, ...]:
+    """The training arrays a store holds, in store order (a v1 store: all four)."""
+    fields = params.get("fields")
+    if fields is None:
+        return DATA_ARRAYS
+    return tuple(name for name in DATA_ARRAYS if name in fields)
+
+
+def store_version(attrs: dict[str, Any]) -> int:
+    """The schema version of a store's root attributes; StoreError-free: an unknown version is
+    returned as it is for the caller to refuse."""
+    version = attrs.get("schema_version")
+    return version if isinstance(version, int) and not isinstance(version, bool) else -1
+
+
+def table_columns(group: str, version: int = SCHEMA_VERSION) -> tuple[str, ...]:
     """The columns of one row table ("frames", "items" or "videos"), in schema order."""
-    return tuple(name.split("/")[1] for name in array_specs() if name.startswith(f"{group}/"))
+    return tuple(
+        name.split("/")[1] for name in array_specs(version) if name.startswith(f"{group}/")
+    )
 
 
 def encode_chunk_parts(spec: ArraySpec, row: np.ndarray) -> list[bytes | np.ndarray]:

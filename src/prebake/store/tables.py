@@ -83,7 +83,7 @@ def make_tables(
     for key in table_columns("videos"):
         name = f"videos/{key}"
         values = [_video_value(key, unit, unit.index in ok, source_root) for unit in units]
-        dtype = specs[name].numpy_dtype
+        dtype = specs[name].values_dtype
         if old is None:
             yield name, np.array(values, dtype=dtype)
             continue

@@ -6,6 +6,7 @@ the seed's bug was building SAM 2's input from InternVL's normalized one.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +27,9 @@ __all__ = [
     "bicubic_resize",
     "g_pixel_values",
     "masks",
+    "normalize",
+    "pixel_levels",
+    "pixel_table",
     "pixel_values",
     "prompt_masks",
     "resize_bicubic",
@@ -75,15 +79,39 @@ def g_pixel_values(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.
     return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
 
+def pixel_levels(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.ndarray:
+    """InternVL input before ToTensor: uint8 (3, 448, 448), `img.resize((448, 448), BICUBIC)`
+    in CHW order (what a store of schema v2 holds as `pixel_values`)."""
+    resized = np.asarray(resize_bicubic(frame, (PIXEL_SIZE, PIXEL_SIZE), pillow))
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
 def pixel_values(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.ndarray:
     """InternVL input: float32 (3, 448, 448), Resize(BICUBIC) -> ToTensor -> Normalize(ImageNet)."""
-    resized = np.asarray(resize_bicubic(frame, (PIXEL_SIZE, PIXEL_SIZE), pillow))
-    values = resized.transpose(2, 0, 1).astype(np.float32)
-    # Same float32 operations, in the same order, as ToTensor's div(255) and Normalize.
+    return normalize(pixel_levels(frame, pillow))
+
+
+def normalize(levels: np.ndarray) -> np.ndarray:
+    """ToTensor -> Normalize(ImageNet) of uint8 CHW levels: float32, the same float32
+    operations in the same order as torchvision's div(255), sub_(mean) and div_(std)."""
+    values = levels.astype(np.float32)
     values /= np.float32(255)
     values -= _MEAN
     values /= _STD
     return values
+
+
+@cache
+def pixel_table() -> np.ndarray:
+    """Every value `pixel_values` can take: float32 (3, 256), `table[c, v]` the normalization of
+    level v in channel c, i.e. `(torch.arange(256).float().div(255) - mean) / std` per channel.
+
+    Normalization maps each (channel, level) pair on its own, so `table[c][levels[c]]` is
+    bit for bit `normalize(levels)`: how the reader serves a v2 store's uint8 `pixel_values`.
+    Read-only; `torch.from_numpy(pixel_table().copy())` for a device."""
+    table = normalize(np.arange(256, dtype=np.uint8)[None, None, :].repeat(3, axis=0))[:, 0]
+    table.setflags(write=False)
+    return table
 
 
 def masks(mask: np.ndarray) -> np.ndarray:

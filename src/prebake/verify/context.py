@@ -12,7 +12,7 @@ import numpy as np
 from prebake.storage import RemotePath
 from prebake.store.layout import StoreDir
 from prebake.store.rows import RowReader
-from prebake.store.schema import DATA_ARRAYS, array_specs
+from prebake.store.schema import DATA_ARRAYS, SCHEMA_VERSION, array_specs, fields_of
 from prebake.verify.report import VerifyReport
 
 
@@ -41,7 +41,16 @@ class VerifyContext:
         self.params: dict[str, Any] = {}
         self.tables: dict[str, np.ndarray] = {}
         self.damaged: dict[str, set[int]] = {name: set() for name in DATA_ARRAYS}
+        self.version = SCHEMA_VERSION  # the store's, set by the attributes check
         self.specs = array_specs()
+        self.fields: tuple[str, ...] = DATA_ARRAYS  # the store's, set by the attributes check
+
+    def set_store(self, version: int, params: dict[str, Any]) -> None:
+        """What the attributes check established: the schema version and the build params."""
+        self.version = version
+        self.specs = array_specs(version)
+        self.params = params
+        self.fields = fields_of(params)
 
     def problem(self, message: str) -> None:
         """File a problem (one line naming the array, row or file) under the running check."""
@@ -57,10 +66,11 @@ class VerifyContext:
 
     @cached_property
     def readers(self) -> dict[str, RowReader]:
-        """A row reader per data array (read rows are decoded and their crc32c checked)."""
+        """A row reader per data array the store holds (read rows are decoded and their
+        crc32c checked)."""
         return {
             name: RowReader(self.store, self.specs[name], self.rows_per_shard(name))
-            for name in DATA_ARRAYS
+            for name in self.fields
         }
 
     def rows_per_shard(self, name: str) -> int:

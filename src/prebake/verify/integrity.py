@@ -13,7 +13,7 @@ import numpy as np
 
 from prebake.storage import list_names, relative_name
 from prebake.store.growth import pending_append
-from prebake.store.schema import DATA_ARRAYS, IMAGE_ARRAYS, ArraySpec
+from prebake.store.schema import IMAGE_ARRAYS, ArraySpec
 from prebake.store.shard import CHECKSUM_BYTES, NO_CHUNK, index_nbytes, parse_index
 from prebake.verify.context import VerifyContext
 
@@ -23,7 +23,7 @@ def check_shards(context: VerifyContext) -> bool:
     damaged (later checks skip them: their problem is filed)."""
     from tqdm import tqdm
 
-    referenced = {name: _referenced_rows(context, name) for name in DATA_ARRAYS}
+    referenced = {name: _referenced_rows(context, name) for name in context.fields}
     files = {
         name: _shards_of(rows, context.rows_per_shard(name)) for name, rows in referenced.items()
     }
@@ -38,7 +38,7 @@ def check_shards(context: VerifyContext) -> bool:
     with tqdm(
         total=total, desc="integrity", unit="B", unit_scale=True, disable=not context.progress
     ) as bar:
-        for name in DATA_ARRAYS:
+        for name in context.fields:
             spec, per = context.specs[name], context.rows_per_shard(name)
             for shard, rows in files[name].items():
                 checker = _ShardCheck(context, spec, per, shard, rows)

@@ -50,6 +50,11 @@ class VerifyReport:
                 f"  schema     {self.schema.get('arrays', 0)} arrays and {self.schema.get('tables', 0)} tables "
                 f"against {self.schema.get('name')} v{self.schema.get('version')}; tables cross-checked"
             )
+            if self.schema.get("lacks"):
+                lines.append(
+                    f"  fields     {', '.join(self.schema['fields'])}; the store lacks "
+                    f"{', '.join(self.schema['lacks'])} (built with --fields)"
+                )
             if self.schema.get("videos_failed"):  # recorded at build time, not a fault of the store
                 lines.append(
                     f"  note       {self.schema['videos_failed']} videos failed at build time and are "

@@ -12,26 +12,51 @@ import zarr
 from prebake import transforms
 from prebake.decoding import CONVERSIONS, LEGACY_DECODING
 from prebake.storage import zarr_store
-from prebake.store.schema import SCHEMA_VERSION, ArraySpec, array_specs, schema_document
+from prebake.store.columns import TEXT_ATTRIBUTES, read_column
+from prebake.store.schema import (
+    CODES,
+    DATA_ARRAYS,
+    SCHEMA_VERSIONS,
+    ArraySpec,
+    schema_document,
+    store_version,
+    text_part_spec,
+)
 from prebake.verify.context import VerifyContext
 
-_REQUIRED_ATTRIBUTES = tuple(schema_document()["attributes"]["required"])
+# Added to v1 by issue 10 (appends, source fingerprints): a v1 store made before may lack them.
+V1_OPTIONAL = ("appends", "videos/fingerprint")
+
+
+def _optional(context: VerifyContext, name: str) -> bool:
+    return context.version == 1 and name in V1_OPTIONAL
 
 
 def check_attributes(context: VerifyContext) -> bool:
-    """Root attributes; sets the build params (False when the store cannot be read further)."""
+    """Root attributes; sets the schema version, the build params and the fields the store
+    holds (False when the store cannot be read further)."""
     attrs = context.attrs
-    missing = [key for key in _REQUIRED_ATTRIBUTES if key not in attrs]
+    version = store_version(attrs)
+    if version not in SCHEMA_VERSIONS:
+        context.problem(
+            f"zarr.json: schema_version is {attrs.get('schema_version')!r}, this prebake reads "
+            f"{', '.join(map(str, SCHEMA_VERSIONS))}"
+        )
+        return False
+    context.version = version
+    required = schema_document(version)["attributes"]["required"]
+    missing = [
+        key for key in required if key not in attrs and not (version == 1 and key in V1_OPTIONAL)
+    ]
     if missing:
         context.problem(f"zarr.json: root attributes lack {', '.join(missing)}")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        context.problem(
-            f"zarr.json: schema_version is {attrs.get('schema_version')!r}, this prebake reads {SCHEMA_VERSION}"
-        )
     params = attrs.get("params")
     if not isinstance(params, dict):
         context.problem("zarr.json: root attribute params is missing; cannot locate shards")
         return False
+    if version >= 2 and not _fields_ok(context, params):
+        return False
+    context.set_store(version, params)
     for key, reference in transforms.PARAMS.items():
         if params.get(key) != reference:
             context.problem(
@@ -59,10 +84,9 @@ def check_attributes(context: VerifyContext) -> bool:
         context.problem(
             f"zarr.json: params.decoding.conversion is {conversion!r}, expected one of {sorted(CONVERSIONS)}"
         )
-    if list(attrs.get("masklet_types", [])) != ["manual", "auto"]:
-        context.problem(
-            f"zarr.json: masklet_types is {attrs.get('masklet_types')!r}, expected ['manual', 'auto']"
-        )
+    for key, names in CODES.items():  # v1 has masklet_types only
+        if (version >= 2 or key == "masklet_types") and attrs.get(key) != list(names):
+            context.problem(f"zarr.json: {key} is {attrs.get(key)!r}, expected {list(names)}")
     counts = attrs.get("counts")
     if not isinstance(counts, dict) or not all(
         isinstance(counts.get(k), int) for k in ("videos", "videos_failed", "frames", "items")
@@ -76,7 +100,22 @@ def check_attributes(context: VerifyContext) -> bool:
         version=attrs.get("schema_version"),
         videos_failed=counts["videos_failed"],
     )
-    context.params = params
+    return True
+
+
+def _fields_ok(context: VerifyContext, params: dict[str, Any]) -> bool:
+    """params.fields (v2): a non-empty list of training arrays, in store order."""
+    fields = params.get("fields")
+    if (
+        not isinstance(fields, list)
+        or not fields
+        or fields != [name for name in DATA_ARRAYS if name in fields]
+    ):
+        context.problem(
+            f"zarr.json: params.fields is {fields!r}, expected one or more of {list(DATA_ARRAYS)} "
+            "in that order; cannot tell which arrays the store holds"
+        )
+        return False
     return True
 
 
@@ -119,39 +158,95 @@ def _table_rows(attrs: dict[str, Any], spec: ArraySpec) -> int:
 
 
 def check_metadata(context: VerifyContext) -> bool:
-    """Every array's zarr.json against the schema document (shape, dtype, chunks, codecs)."""
+    """Every array's zarr.json against the schema document (shape, dtype, chunks, codecs); the
+    data arrays of params.fields, and no other."""
     store, attrs, params = context.store, context.attrs, context.params
-    chunk = schema_document()["table_rows_per_chunk"]
+    chunk = schema_document(context.version)["table_rows_per_chunk"]
     arrays = tables = 0
-    for name, spec in array_specs().items():
+    for name, spec in context.specs.items():
         rows = _table_rows(attrs, spec)
         if spec.sharded:
+            if name not in context.fields:
+                if (store.path / name / "zarr.json").exists():
+                    context.problem(
+                        f"{name}: the store holds this array, but params.fields "
+                        f"{list(context.fields)} does not list it"
+                    )
+                continue
             assert spec.rows_per_shard is not None
-            expected = expected_metadata(spec, rows, int(params[spec.rows_per_shard]))
+            _compare(context, name, expected_metadata(spec, rows, int(params[spec.rows_per_shard])))
             arrays += 1
-        else:
-            expected = expected_metadata(spec, rows, max(1, min(rows, chunk)))
+        elif spec.dtype == "utf8":
+            _check_text_column(context, spec, rows, chunk)
             tables += 1
-        path = store.path / name / "zarr.json"
-        try:
-            with path.open() as handle:
-                found = json.load(handle)
-        except FileNotFoundError:
-            context.problem(f"{name}: {name}/zarr.json is missing")
+        elif _optional(context, name) and not (store.path / name / "zarr.json").exists():
             continue
-        except (OSError, ValueError) as error:
-            context.problem(f"{name}: {name}/zarr.json is unreadable ({error})")
-            continue
-        if not isinstance(found, dict):
-            context.problem(f"{name}: {name}/zarr.json is not a JSON object")
-            continue
-        for key, value in expected.items():
-            if found.get(key) != value:
-                context.problem(
-                    f"{name}: zarr.json {key} is {_short(found.get(key))}, the schema says {_short(value)}"
-                )
-    context.report.schema.update(arrays=arrays, tables=tables)
+        else:
+            _compare(context, name, expected_metadata(spec, rows, max(1, min(rows, chunk))))
+            tables += 1
+    lacks = [name for name in DATA_ARRAYS if name not in context.fields]
+    context.report.schema.update(
+        arrays=arrays, tables=tables, fields=list(context.fields), lacks=lacks
+    )
     return True
+
+
+def _check_text_column(context: VerifyContext, spec: ArraySpec, rows: int, chunk: int) -> None:
+    """A v2 text column: its group, `offsets` (rows + 1) and `utf8` (as long as it is: the
+    tables check compares it with the offsets)."""
+    group = {"zarr_format": 3, "node_type": "group", "attributes": TEXT_ATTRIBUTES}
+    found = _compare(context, spec.name, group)
+    if found is None:
+        return
+    offsets = text_part_spec(spec, "offsets")
+    _compare(
+        context, offsets.name, expected_metadata(offsets, rows + 1, max(1, min(rows + 1, chunk)))
+    )
+    utf8 = text_part_spec(spec, "utf8")
+    metadata = _read_metadata(context, utf8.name)
+    shape = metadata.get("shape") if metadata else None
+    length = (
+        shape[0] if isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) else 0
+    )
+    _compare(
+        context, utf8.name, expected_metadata(utf8, length, max(1, min(length, chunk))), metadata
+    )
+
+
+def _read_metadata(context: VerifyContext, name: str) -> dict[str, Any] | None:
+    """A node's zarr.json, or None (the problem filed)."""
+    path = context.store.path / name / "zarr.json"
+    try:
+        with path.open() as handle:
+            found = json.load(handle)
+    except FileNotFoundError:
+        context.problem(f"{name}: {name}/zarr.json is missing")
+        return None
+    except (OSError, ValueError) as error:
+        context.problem(f"{name}: {name}/zarr.json is unreadable ({error})")
+        return None
+    if not isinstance(found, dict):
+        context.problem(f"{name}: {name}/zarr.json is not a JSON object")
+        return None
+    return found
+
+
+def _compare(
+    context: VerifyContext,
+    name: str,
+    expected: dict[str, Any],
+    found: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """File a problem for each key of `expected` the node's zarr.json disagrees with."""
+    found = found if found is not None else _read_metadata(context, name)
+    if found is None:
+        return None
+    for key, value in expected.items():
+        if found.get(key) != value:
+            context.problem(
+                f"{name}: zarr.json {key} is {_short(found.get(key))}, the schema says {_short(value)}"
+            )
+    return found
 
 
 def _short(value: object, limit: int = 160) -> str:
@@ -162,20 +257,19 @@ def _short(value: object, limit: int = 160) -> str:
 def _read_tables(context: VerifyContext) -> dict[str, np.ndarray] | None:
     """The row tables through zarr-python (its crc32c codec checks their chunks)."""
     tables: dict[str, np.ndarray] = {}
-    for name, spec in array_specs().items():
+    root = zarr.open_group(zarr_store(context.store.path), mode="r", zarr_format=3)
+    wanted = 0
+    for name, spec in context.specs.items():
         if spec.sharded:
             continue
+        if _optional(context, name) and not (context.store.path / name / "zarr.json").exists():
+            continue
+        wanted += 1
         try:
-            array = zarr.open_array(zarr_store(context.store.path / name), mode="r", zarr_format=3)
-            values = np.asarray(array[...])
+            tables[name] = read_column(root, spec)
         except Exception as error:  # zarr raises many types for a broken array or chunk
             context.problem(f"{name}: table unreadable ({type(error).__name__}: {error})")
-            continue
-        if spec.dtype == "string":
-            tables[name] = np.array([str(value) for value in values.ravel()], dtype=object)
-        else:
-            tables[name] = values.astype(spec.numpy_dtype, copy=False).ravel()
-    if len(tables) != sum(not spec.sharded for spec in array_specs().values()):
+    if len(tables) != wanted:
         context.problem("tables: rows cannot be checked without every table")
         return None
     return tables
@@ -196,8 +290,9 @@ def check_tables(context: VerifyContext) -> bool:
         "items": counts["items"],
         "videos": counts["videos"],
     }
-    for name, spec in array_specs().items():
-        if not spec.sharded and len(t[name]) != lengths[spec.rows]:
+    for name, values in t.items():
+        spec = context.specs[name]
+        if len(values) != lengths[spec.rows]:
             context.problem(
                 f"{name}: {len(t[name])} rows, expected {lengths[spec.rows]} ({spec.rows})"
             )

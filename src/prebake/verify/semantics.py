@@ -15,6 +15,7 @@ from PIL import Image
 
 from prebake import transforms
 from prebake.store.rows import RowError
+from prebake.store.schema import IMAGE_ARRAYS, ITEM_ARRAYS
 from prebake.verify.context import VerifyContext, sample
 
 FRAME_SEMANTICS_LIMIT = 1024  # frames checked for semantics before sampling (~40 ms each)
@@ -49,40 +50,22 @@ _HIGH = _forward(np.full((3, 1, 1), 255, np.uint8)).ravel()
 _PERMUTATIONS = [p for p in itertools.permutations(range(3)) if p != (0, 1, 2)]
 
 
-def check_frame(pixel: np.ndarray, g: np.ndarray) -> list[tuple[str, str]]:
-    """(array, what is wrong) for one frame row's pixel_values and g_pixel_values.
+def check_frame(pixel: np.ndarray | None, g: np.ndarray | None) -> list[tuple[str, str]]:
+    """(array, what is wrong) for one frame row's pixel_values and g_pixel_values (None: an
+    array the store does not hold).
 
-    pixel_values must be exactly the ImageNet normalization of 8-bit levels: recover the levels,
-    normalize them again with the reference float32 operations, and require the same bits. This
-    catches any other mean/std, a bf16 or float16 round trip, a missing /255, bit for bit.
+    A float32 pixel_values (schema v1) must be exactly the ImageNet normalization of 8-bit
+    levels: recover the levels, normalize them again with the reference float32 operations, and
+    require the same bits. This catches any other mean/std, a bf16 or float16 round trip, a
+    missing /255, bit for bit. A uint8 pixel_values (v2) is the levels. The levels and
+    g_pixel_values, when the store holds both, must show the same picture.
     """
-    problems = []
-    if not np.isfinite(pixel).all():
-        return [("pixel_values", "holds NaN or infinite values")]
-    lows, highs = pixel.reshape(3, -1).min(1), pixel.reshape(3, -1).max(1)
-    for channel in range(3):
-        if lows[channel] < _LOW[channel] or highs[channel] > _HIGH[channel]:
-            problems.append(
-                (
-                    "pixel_values",
-                    f"channel {channel} spans [{lows[channel]:.4f}, {highs[channel]:.4f}], outside "
-                    f"[{_LOW[channel]:.4f}, {_HIGH[channel]:.4f}], the ImageNet-normalized image of [0, 1]",
-                )
-            )
-    mean = np.asarray(transforms.IMAGENET_MEAN, dtype=np.float64)[:, None, None]
-    std = np.asarray(transforms.IMAGENET_STD, dtype=np.float64)[:, None, None]
-    levels = np.rint((pixel.astype(np.float64) * std + mean) * 255).clip(0, 255).astype(np.uint8)
-    inexact = int(np.count_nonzero(_forward(levels).view(np.uint32) != pixel.view(np.uint32)))
-    if inexact:
-        problems.append(
-            (
-                "pixel_values",
-                f"{inexact / pixel.size:.1%} of values are not ImageNet-normalized 8-bit levels "
-                "(other mean/std, lost precision, or not divided by 255)",
-            )
-        )
-    if problems:  # levels recovered from a wrong pixel_values row would blame g_pixel_values
-        return problems
+    problems: list[tuple[str, str]] = []
+    levels = None if pixel is None or pixel.dtype != np.uint8 else pixel
+    if pixel is not None and levels is None:
+        problems, levels = _normalized_levels(pixel)
+    if problems or levels is None or g is None:
+        return problems  # levels recovered from a wrong pixel_values row would blame g_pixel_values
     downscaled = np.asarray(
         Image.fromarray(np.ascontiguousarray(g.transpose(1, 2, 0))).resize(
             (transforms.PIXEL_SIZE, transforms.PIXEL_SIZE), Image.Resampling.BICUBIC
@@ -118,6 +101,36 @@ def check_frame(pixel: np.ndarray, g: np.ndarray) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+def _normalized_levels(pixel: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """(problems, 8-bit levels) of a float32 pixel_values row (v1)."""
+    problems = []
+    if not np.isfinite(pixel).all():
+        return [("pixel_values", "holds NaN or infinite values")], None
+    lows, highs = pixel.reshape(3, -1).min(1), pixel.reshape(3, -1).max(1)
+    for channel in range(3):
+        if lows[channel] < _LOW[channel] or highs[channel] > _HIGH[channel]:
+            problems.append(
+                (
+                    "pixel_values",
+                    f"channel {channel} spans [{lows[channel]:.4f}, {highs[channel]:.4f}], outside "
+                    f"[{_LOW[channel]:.4f}, {_HIGH[channel]:.4f}], the ImageNet-normalized image of [0, 1]",
+                )
+            )
+    mean = np.asarray(transforms.IMAGENET_MEAN, dtype=np.float64)[:, None, None]
+    std = np.asarray(transforms.IMAGENET_STD, dtype=np.float64)[:, None, None]
+    levels = np.rint((pixel.astype(np.float64) * std + mean) * 255).clip(0, 255).astype(np.uint8)
+    inexact = int(np.count_nonzero(_forward(levels).view(np.uint32) != pixel.view(np.uint32)))
+    if inexact:
+        problems.append(
+            (
+                "pixel_values",
+                f"{inexact / pixel.size:.1%} of values are not ImageNet-normalized 8-bit levels "
+                "(other mean/std, lost precision, or not divided by 255)",
+            )
+        )
+    return problems, levels
 
 
 def _block_means(image: np.ndarray) -> np.ndarray:
@@ -157,15 +170,30 @@ def _prompt_windows(size: int) -> tuple[tuple[int, int, bool], ...]:
 
 
 def check_item(
-    mask: np.ndarray, prompt: np.ndarray, area: int, prompt_cells: int, height: int, width: int
+    mask: np.ndarray | None,
+    prompt: np.ndarray | None,
+    area: int,
+    prompt_cells: int,
+    height: int,
+    width: int,
 ) -> list[tuple[str, str]]:
-    """(array, what is wrong) for one item's masks and prompt_masks rows.
+    """(array, what is wrong) for one item's masks and prompt_masks rows (None: an array the
+    store does not hold).
 
     masks must hold only 0 and 1; its area must match the recorded source area scaled to
     1024 x 1024 (tolerance below); prompt_masks must match masks where both sample the same
     source pixel (see `_prompt_windows`) and count the cells items/prompt_cells records.
     """
-    problems = []
+    problems: list[tuple[str, str]] = []
+    if prompt is not None and int(prompt.sum()) != prompt_cells:
+        problems.append(
+            (
+                "prompt_masks",
+                f"{int(prompt.sum())} cells on, items/prompt_cells says {prompt_cells}",
+            )
+        )
+    if mask is None:
+        return problems
     largest = int(mask.max())
     if largest > 1:
         values = np.unique(mask)
@@ -193,14 +221,7 @@ def check_item(
                     f"{expected:.0f} (tolerance {tolerance:.0f} for nearest resampling)",
                 )
             )
-    if int(prompt.sum()) != prompt_cells:
-        problems.append(
-            (
-                "prompt_masks",
-                f"{int(prompt.sum())} cells on, items/prompt_cells says {prompt_cells}",
-            )
-        )
-    if any(name == "masks" for name, _ in problems):
+    if prompt is None or any(name == "masks" for name, _ in problems):
         return problems  # a wrong masks row says nothing about prompt_masks
     rows, cols = _prompt_windows(height), _prompt_windows(width)
     wrong = 0
@@ -243,14 +264,20 @@ def check_frames(context: VerifyContext) -> bool:
     frame_rows = np.flatnonzero(context.tables["frames/video"] >= 0)
     limit = None if context.samples is None else FRAME_SEMANTICS_LIMIT
     checked = sample(frame_rows, limit, seed=0)
+    # A frame has something to check when pixel_values is float32 (v1) or both images are held.
+    if not (
+        set(IMAGE_ARRAYS) <= set(context.fields)
+        or context.specs["pixel_values"].dtype == "float32"
+        and "pixel_values" in context.fields
+    ):
+        checked = checked[:0]
     skip = context.damaged["pixel_values"] | context.damaged["g_pixel_values"]
     readers = context.readers
 
     def check(row: int) -> None:
         if row in skip:
             return
-        pixel = readers["pixel_values"].read(row)
-        g = readers["g_pixel_values"].read(row)
+        pixel, g = (readers[name].read(row) if name in readers else None for name in IMAGE_ARRAYS)
         for name, what in check_frame(pixel, g):
             context.problem(f"{name} {context.frame_label(row)}: {what}")
 
@@ -265,6 +292,8 @@ def check_items(context: VerifyContext) -> bool:
     items = np.arange(len(t["items/mask_row"]))
     limit = None if context.samples is None else ITEM_SEMANTICS_LIMIT
     checked = sample(items, limit, seed=1)
+    if not set(ITEM_ARRAYS) & set(context.fields):
+        checked = checked[:0]  # the store holds no masks (prompt_cells: checked with --src)
     skip = context.damaged["masks"] | context.damaged["prompt_masks"]
     readers = context.readers
 
@@ -274,8 +303,8 @@ def check_items(context: VerifyContext) -> bool:
             return
         video = int(t["items/video"][item])
         found = check_item(
-            readers["masks"].read(row),
-            readers["prompt_masks"].read(row),
+            readers["masks"].read(row) if "masks" in readers else None,
+            readers["prompt_masks"].read(row) if "prompt_masks" in readers else None,
             int(t["items/area"][item]),
             int(t["items/prompt_cells"][item]),
             int(t["videos/height"][video]),

@@ -133,15 +133,15 @@ def _rederive_video(
             context.problem(
                 f"frames/frame_index {context.frame_label(row)}: source frame index is {video.frame_indices[time_index]}"
             )
-        derived = {
-            "pixel_values": transforms.pixel_values(frame, pillow),
-            "g_pixel_values": transforms.g_pixel_values(frame, pillow),
-        }
+        # v2 stores the 448 image's uint8 levels (served through the table), v1 the float32.
+        pixel = transforms.pixel_levels if context.version >= 2 else transforms.pixel_values
+        derive = {"pixel_values": pixel, "g_pixel_values": transforms.g_pixel_values}
         label = (
             f"{context.frame_label(row)} [frame decoded by {decoder}, resized as Pillow {pillow}]"
         )
-        for name, value in derived.items():
-            _compare(context, name, row, value, label)
+        for name, make in derive.items():
+            if name in context.fields:
+                _compare(context, name, row, make(frame, pillow), label)
         frames_done += 1
         for item in items_at[time_index]:
             kind = context.attrs["masklet_types"][int(t["items/masklet_type"][item])]
@@ -156,8 +156,15 @@ def _rederive_video(
                     f"items/area {label}: {int(t['items/area'][item])}, the source mask has {int(np.count_nonzero(mask))} pixels on"
                 )
             row = int(t["items/mask_row"][item])
-            _compare(context, "masks", row, transforms.masks(mask), label)
-            _compare(context, "prompt_masks", row, transforms.prompt_masks(mask), label)
+            prompt = transforms.prompt_masks(mask)
+            if int(prompt.sum()) != int(t["items/prompt_cells"][item]):
+                context.problem(
+                    f"items/prompt_cells {label}: {int(t['items/prompt_cells'][item])}, the source mask's prompt has {int(prompt.sum())} cells on"
+                )
+            if "masks" in context.fields:
+                _compare(context, "masks", row, transforms.masks(mask), label)
+            if "prompt_masks" in context.fields:
+                _compare(context, "prompt_masks", row, prompt, label)
             items_done += 1
         bar.update(1)
     return frames_done, items_done
