@@ -267,8 +267,7 @@ def check_frames(context: VerifyContext) -> bool:
     # A frame has something to check when pixel_values is float32 (v1) or both images are held.
     if not (
         set(IMAGE_ARRAYS) <= set(context.fields)
-        or context.specs["pixel_values"].dtype == "float32"
-        and "pixel_values" in context.fields
+        or (context.specs["pixel_values"].dtype == "float32" and "pixel_values" in context.fields)
     ):
         checked = checked[:0]
     skip = context.damaged["pixel_values"] | context.damaged["g_pixel_values"]
