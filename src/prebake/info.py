@@ -16,7 +16,14 @@ from prebake import decoding
 from prebake.errors import StoreError
 from prebake.storage import RemotePath, StorageOptions, list_names, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
-from prebake.store.schema import DATA_ARRAYS, array_specs
+from prebake.store.schema import (
+    DATA_ARRAYS,
+    ITEM_ARRAYS,
+    SCHEMA_VERSIONS,
+    array_specs,
+    fields_of,
+    store_version,
+)
 from prebake.store.shard import NO_CHUNK, read_index
 from prebake.transforms import DEFAULT_PILLOW_RULE
 
@@ -26,8 +33,8 @@ def _folder_bytes(folder: Path | RemotePath) -> tuple[int, int]:
     return tree_bytes(folder, BUILD_DIR)
 
 
-def _array_info(store: StoreDir, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    spec = array_specs()[name]
+def _array_info(store: StoreDir, name: str, params: dict[str, Any], version: int) -> dict[str, Any]:
+    spec = array_specs(version)[name]
     try:
         metadata = json.loads((store.path / name / "zarr.json").read_text())
     except (OSError, ValueError):
@@ -71,12 +78,24 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
     if attrs is None:
         raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
     params = attrs.get("params", {})
-    arrays = {name: _array_info(store, name, params) for name in DATA_ARRAYS}
+    version = store_version(attrs)
+    if version not in SCHEMA_VERSIONS:
+        raise StoreError(
+            f"{store.path}: store has schema version {attrs.get('schema_version')!r}; this "
+            f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
+        )
+    fields = fields_of(params)
+    arrays = {name: _array_info(store, name, params, version) for name in fields}
+    if version >= 2 and "pixel_values" in arrays:
+        arrays["pixel_values"]["served"] = "float32 (ImageNet-normalized through a 3 x 256 table)"
     total, _ = _folder_bytes(store.path)
     tables = total - sum(entry["bytes_on_disk"] for entry in arrays.values())
     return {
         "store": str(store.path),
         "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
+        "schema_version": version,
+        "fields": list(fields),
+        "lacks": [name for name in DATA_ARRAYS if name not in fields],
         "state": attrs.get("state"),
         "counts": attrs.get("counts", {}),
         "failures": attrs.get("failures", []),
@@ -117,14 +136,25 @@ def format_info(info: dict[str, Any]) -> str:
     )
     lines.append("arrays:")
     lines.append(
-        f"  {'name':15s} {'shape':22s} {'dtype':8s} {'chunk':16s} {'shard':18s} {'on disk':>10s} {'ratio':>6s}  codecs"
+        f"  {'name':15s} {'shape':22s} {'dtype':8s} {'chunk':16s} {'shard':18s} {'on disk':>10s} {'ratio':>6s} {'per row':>10s}  codecs"
     )
     for name, entry in info["arrays"].items():
         ratio = f"{entry['compression_ratio']:.2f}" if entry["compression_ratio"] else "-"
+        per_row = (
+            _size(entry["bytes_on_disk"] / entry["rows_written"]) if entry["rows_written"] else "-"
+        )
         lines.append(
             f"  {name:15s} {_shape(entry['shape']):22s} {entry['dtype']!s:8s} {_shape(entry['chunks']):16s} "
-            f"{_shape(entry['shards']):18s} {_size(entry['bytes_on_disk']):>10s} {ratio:>6s}  "
-            f"{'+'.join(entry['codecs'])} ({entry['shard_files']} files, {entry['rows_written']} rows)"
+            f"{_shape(entry['shards']):18s} {_size(entry['bytes_on_disk']):>10s} {ratio:>6s} {per_row:>10s}  "
+            f"{'+'.join(entry['codecs'])} ({entry['shard_files']} files, {entry['rows_written']} {'items' if name in ITEM_ARRAYS else 'frames'})"
+        )
+    if "served" in info["arrays"].get("pixel_values", {}):
+        lines.append(
+            f"  pixel_values is stored as its uint8 levels, served {info['arrays']['pixel_values']['served']}"
+        )
+    if info["lacks"]:
+        lines.append(
+            f"  the store lacks {', '.join(info['lacks'])} (built with --fields {','.join(info['fields'])})"
         )
     lines.append(
         f"  tables and metadata {_size(info['bytes_tables_and_metadata'])}; store total {_size(info['bytes_on_disk'])}"

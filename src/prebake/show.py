@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from prebake import transforms
 from prebake.errors import PrebakeError, StoreError
+from prebake.store.columns import read_column
 from prebake.store.layout import StoreDir
 from prebake.store.rows import RowReader
-from prebake.store.schema import DATA_ARRAYS, array_specs, table_columns
+from prebake.store.schema import DATA_ARRAYS, array_specs, fields_of, store_version, table_columns
 
 G_SIDE = transforms.G_SIZE  # left panel side at full scale
 PIXEL_ZOOM = 2  # the 448 image is repeated 2x: both panels about the same height
@@ -55,28 +56,27 @@ class _Store:
     attrs: dict[str, Any]
     items: dict[str, np.ndarray]
     videos: dict[str, np.ndarray]
-    readers: dict[str, RowReader]
+    readers: dict[str, RowReader]  # of the arrays the store holds
 
 
 def _open(path: Path) -> _Store:
     store = StoreDir(path)
     attrs = store.require_complete()
+    version = store_version(attrs)
     try:
+        specs = array_specs(version)
+        root = zarr.open_group(path, mode="r")
         items = {
-            name: np.asarray(zarr.open_array(path / "items" / name, mode="r")[...])
-            for name in table_columns("items")
+            name: read_column(root, specs[f"items/{name}"])
+            for name in table_columns("items", version)
         }
-        videos = {
-            name: np.asarray(zarr.open_array(path / "videos" / name, mode="r")[...])
-            for name in VIDEO_COLUMNS
-        }
+        videos = {name: read_column(root, specs[f"videos/{name}"]) for name in VIDEO_COLUMNS}
     except Exception as error:  # zarr raises many types for a damaged table
         raise StoreError(
             f"{path}: cannot read the tables ({type(error).__name__}); run prebake verify"
         ) from None
-    specs = array_specs()
     readers = {}
-    for name in DATA_ARRAYS:
+    for name in fields_of(attrs["params"]):
         key = specs[name].rows_per_shard
         assert key is not None
         readers[name] = RowReader(store, specs[name], int(attrs["params"][key]))
@@ -104,21 +104,42 @@ def _overlay_mask(g: np.ndarray, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(image.round().astype(np.uint8))
 
 
-def _pixel_panel(pixel: np.ndarray, prompt: np.ndarray, side: int) -> Image.Image:
-    """The un-normalized 448 image enlarged by repetition, with the prompt grid drawn over it."""
+def _levels(pixel: np.ndarray) -> np.ndarray:
+    """The 448 image's 8-bit levels: as stored (v2), or un-normalized (v1's float32)."""
+    if pixel.dtype == np.uint8:
+        return pixel
     mean = np.asarray(transforms.IMAGENET_MEAN, dtype=np.float64)[:, None, None]
     std = np.asarray(transforms.IMAGENET_STD, dtype=np.float64)[:, None, None]
-    levels = np.rint((pixel.astype(np.float64) * std + mean) * 255).clip(0, 255).astype(np.uint8)
-    image = Image.fromarray(np.ascontiguousarray(levels.transpose(1, 2, 0)))
-    if side != transforms.PIXEL_SIZE:
-        image = image.resize((side, side), Image.Resampling.NEAREST)
+    return np.rint((pixel.astype(np.float64) * std + mean) * 255).clip(0, 255).astype(np.uint8)
+
+
+def _absent(side: int, name: str) -> Image.Image:
+    """A panel for an image the store does not hold (built with --fields)."""
+    image = Image.new("RGB", (side, side), BACKGROUND)
+    ImageDraw.Draw(image).text(
+        (side // 16, side // 2),
+        f"{name}: not in this store",
+        fill=(160, 160, 160),
+        font=_font(max(10, side // 24)),
+    )
+    return image
+
+
+def _pixel_panel(pixel: np.ndarray | None, prompt: np.ndarray | None, side: int) -> Image.Image:
+    """The 448 image's levels enlarged by repetition, with the prompt grid drawn over it."""
+    if pixel is None:
+        image = _absent(side, "pixel_values")
+    else:
+        image = Image.fromarray(np.ascontiguousarray(_levels(pixel).transpose(1, 2, 0)))
+        if side != transforms.PIXEL_SIZE:
+            image = image.resize((side, side), Image.Resampling.NEAREST)
     layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     grid = transforms.PROMPT_GRID
     cell = side / grid
     for i in range(grid):
         for j in range(grid):
-            if prompt[i, j]:
+            if prompt is not None and prompt[i, j]:
                 box = (
                     round(j * cell),
                     round(i * cell),
@@ -137,14 +158,15 @@ def _render_item(store: _Store, item: int, scale: float) -> Image.Image:
     items, videos = store.items, store.videos
     frame_row, mask_row = int(items["frame_row"][item]), int(items["mask_row"][item])
     video = int(items["video"][item])
-    g = store.readers["g_pixel_values"].read(frame_row)
-    mask = store.readers["masks"].read(mask_row)
-    pixel = store.readers["pixel_values"].read(frame_row)
-    prompt = store.readers["prompt_masks"].read(mask_row)
+    readers = store.readers
+    pixel, g = (readers[n].read(frame_row) if n in readers else None for n in DATA_ARRAYS[:2])
+    prompt, mask = (readers[n].read(mask_row) if n in readers else None for n in DATA_ARRAYS[2:])
     width, height = tile_size(scale)
     tile = Image.new("RGB", (width, height), BACKGROUND)
     g_side, pixel_side, gap = round(G_SIDE * scale), round(PIXEL_SIDE * scale), round(GAP * scale)
-    left = _overlay_mask(g, mask)
+    if g is None:
+        g = np.asarray(_absent(G_SIDE, "g_pixel_values")).transpose(2, 0, 1)
+    left = _overlay_mask(g, np.zeros((G_SIDE, G_SIDE), np.uint8) if mask is None else mask)
     if g_side != G_SIDE:
         left = left.resize((g_side, g_side), Image.Resampling.BOX)
     tile.paste(left, (0, 0))
@@ -163,7 +185,13 @@ def _render_item(store: _Store, item: int, scale: float) -> Image.Image:
         ),
         (
             f"area {int(items['area'][item])} px of {int(videos['width'][video])}x{int(videos['height'][video])}; "
-            f"mask {int(np.count_nonzero(mask))} px of 1024x1024; prompt {int(prompt.sum())}/256 cells",
+            + (
+                "no masks in this store"
+                if mask is None
+                else f"mask {int(np.count_nonzero(mask))} px of 1024x1024"
+            )
+            + f"; prompt {int(items['prompt_cells'][item])}/256 cells"
+            + ("" if prompt is not None else " (no prompt_masks in this store)"),
             f"rows: frame {frame_row}, mask {mask_row}",
         ),
     ]
