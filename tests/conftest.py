@@ -25,6 +25,14 @@ def train_store(sample_sources: dict[str, Path], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
+def v1_store(sample_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same store in schema v1 (float32 pixel_values, zarr-python string tables), as
+    prebake built them before v2 (do not modify it)."""
+    out = tmp_path_factory.mktemp("stores") / "train-v1.zarr"
+    return build_store(sample_sources["train"], out, schema_version=1)
+
+
+@pytest.fixture(scope="session")
 def real_sav() -> Path:
     if not REAL_SAV.is_dir():
         pytest.skip("../shared/fixtures/sav_real is absent")

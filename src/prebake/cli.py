@@ -341,14 +341,22 @@ def bench(
         bool,
         typer.Option("--append", help="Also time adding a video to a store against a rebuild."),
     ] = False,
+    schemas: Annotated[
+        Path | None,
+        typer.Option(
+            "--schemas",
+            help="Also build a schema v1 and a v2 store of this source and compare their sizes "
+            "and reader speed side by side.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
-    run); build scaling, discovery and appends on request."""
+    run); build scaling, discovery, appends and store schemas on request."""
     from prebake.bench import format_bench, run_bench
 
-    if store is None and build_src is None and discovery is None and not append:
-        _fail("give a store (reader), --build-src, --discovery N or --append")
+    if store is None and build_src is None and discovery is None and not append and not schemas:
+        _fail("give a store (reader), --build-src, --discovery N, --append or --schemas SRC")
     if store is None and src is not None:
         _fail("--src times the reader's on-the-fly comparison: give a store too")
     try:
@@ -359,6 +367,7 @@ def bench(
             items=items,
             discovery_files=discovery,
             append=append,
+            schemas_src=schemas,
         )
     except PrebakeError as error:
         _fail(str(error))

@@ -3,6 +3,7 @@ in a subprocess, quiet builds with small shards, items by key, bitwise store com
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -51,11 +52,35 @@ def three_object_videos(
     ]
 
 
+def text_column(root: zarr.Group, name: str) -> list[str]:
+    """A text column read with zarr-python alone: schema v2's group of UTF-8 bytes and int64
+    offsets (row i is utf8[offsets[i]:offsets[i + 1]]), or v1's zarr-python string array."""
+    node = root[name]
+    if isinstance(node, zarr.Group):
+        offsets = [int(value) for value in node["offsets"][:]]  # type: ignore[index]
+        data = np.asarray(node["utf8"][:]).tobytes()  # type: ignore[index]
+        return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+    return [str(value) for value in node[:]]  # type: ignore[index]
+
+
+def video_ids(root: zarr.Group) -> list[str]:
+    return text_column(root, "videos/video_id")
+
+
+def statuses(root: zarr.Group) -> list[str]:
+    """videos/status as names: v2's uint8 codes of the root attribute statuses, or v1's text."""
+    node = root["videos/status"]
+    if node.dtype == np.uint8:  # type: ignore[union-attr]
+        names = root.attrs["prebake"]["statuses"]  # type: ignore[index]
+        return [names[int(code)] for code in node[:]]  # type: ignore[index]
+    return text_column(root, "videos/status")
+
+
 def items_by_key(root: zarr.Group) -> dict[tuple[str, int, str, int], tuple[Any, ...]]:
     """Every item of a store by (video id, frame index, masklet type, masklet id): its four
     rows' bytes, area and prompt cells, read through zarr-python (not prebake's reader). Two
     stores of one source hold the same items, whatever their order (a store that grew)."""
-    ids = root["videos/video_id"][:]
+    ids = video_ids(root)
     kinds = root.attrs["prebake"]["masklet_types"]
     names = ("video", "frame_index", "masklet_type", "masklet_id", "frame_row", "mask_row")
     table = {name: root[f"items/{name}"][:] for name in (*names, "area", "prompt_cells")}

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference
 import torch
 import zarr
-from helpers.stores import build_store
+from helpers.stores import build_store, video_ids
 from torch.utils.data import DataLoader, DistributedSampler
 
 from prebake.demo import SampleObject, SampleVideo, write_sample
@@ -37,7 +38,6 @@ TABLES = (
     "items/masklet_id",
     "items/masklet_type",
     "items/prompt_cells",
-    "videos/video_id",
     "videos/frame_row",
     "videos/frames",
     "frames/frame_index",
@@ -50,6 +50,7 @@ class StoreView:
     def __init__(self, path: Path) -> None:
         self.root = zarr.open_group(path, mode="r", zarr_format=3)
         self.tables = {name: self.root[name][:] for name in TABLES}  # type: ignore[index]
+        self.video_ids = video_ids(self.root)
         self.type_names = self.root.attrs["prebake"]["masklet_types"]  # type: ignore[index]
 
     def __len__(self) -> int:
@@ -58,7 +59,7 @@ class StoreView:
     def key(self, item: int) -> tuple[str, int, str, int]:
         t = self.tables
         return (
-            str(t["videos/video_id"][t["items/video"][item]]),
+            self.video_ids[t["items/video"][item]],
             int(t["items/frame_index"][item]),
             self.type_names[int(t["items/masklet_type"][item])],
             int(t["items/masklet_id"][item]),
@@ -69,8 +70,16 @@ class StoreView:
         return int(self.tables["items/frame_row"][item] - self.tables["videos/frame_row"][video])
 
     def row(self, name: str, item: int) -> np.ndarray:
+        """What the reader must serve for the item: the stored row, a v2 pixel_values row
+        (uint8 levels) normalized by the reference (ToTensor -> Normalize in torch)."""
         table = "items/mask_row" if name in ("prompt_masks", "masks") else "items/frame_row"
-        return np.asarray(self.root[name][int(self.tables[table][item])])  # type: ignore[index]
+        return self.frame_row(name, int(self.tables[table][item]))
+
+    def frame_row(self, name: str, row: int) -> np.ndarray:
+        values = np.asarray(self.root[name][row])  # type: ignore[index]
+        if name == "pixel_values" and values.dtype == np.uint8:
+            return reference.pixel_values_of(values.transpose(1, 2, 0))
+        return values
 
     def find(self, video: int, t: int, masklet_type: int, masklet_id: int) -> int | None:
         tables = self.tables
@@ -239,7 +248,7 @@ def check_clip(view: StoreView, sample: dict[str, Any], start: int, clip_len: in
     for step in range(clip_len):
         for name in ("pixel_values", "g_pixel_values"):
             np.testing.assert_array_equal(
-                sample[name][step].numpy(), view.root[name][frame_rows[step]]
+                sample[name][step].numpy(), view.frame_row(name, int(frame_rows[step]))
             )  # type: ignore[index]
         item = view.find(video, t + step, masklet_type, masklet_id)
         assert bool(sample["present"][step]) == (item is not None)

@@ -66,6 +66,20 @@ def pixel_values(image: Image.Image, pillow: int = 13) -> np.ndarray:
     return pixel_values_of(resized([image], (448, 448), pillow)[0])
 
 
+def pixel_levels(image: Image.Image, pillow: int = 13) -> np.ndarray:
+    """The 448 resize before ToTensor, HWC -> CHW uint8 (what a v2 store holds)."""
+    return resized([image], (448, 448), pillow)[0].transpose(2, 0, 1)
+
+
+def normalization_table() -> np.ndarray:
+    """float32 (3, 256): ToTensor -> Normalize of every level v of every channel, in torch:
+    `(torch.arange(256).float().div(255) - mean) / std`."""
+    levels = torch.arange(256).float().div(255)
+    mean = torch.as_tensor(MEAN, dtype=torch.float32).view(-1, 1)
+    std = torch.as_tensor(STD, dtype=torch.float32).view(-1, 1)
+    return ((levels[None] - mean) / std).numpy()
+
+
 def pixel_values_of(resized_448: np.ndarray) -> np.ndarray:
     """ToTensor -> Normalize of an already resized uint8 (448, 448, 3) image."""
     tensor = (

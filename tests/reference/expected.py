@@ -1,5 +1,6 @@
 """What a store must hold, computed from the source alone (tests/reference: OpenCV, PIL,
-torch, pycocotools), and the check of a built store against it, item by item."""
+torch, pycocotools), and the check of a built store against it, item by item: each stored row
+(read with zarr-python) and each served item (`PrebakedDataset`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from helpers.stores import video_ids as read_video_ids
 
 import reference
+from prebake.reader import PrebakedDataset
 
 Expected = dict[tuple[str, int, str, int], tuple[object, np.ndarray]]
 
@@ -68,9 +71,13 @@ def assert_store_matches(
     sample_every: int = 1,
     pillow: int = 13,
 ) -> None:
-    """Every item of `store` equals the reference (resized as Pillow `pillow`), every `sample_every`th."""
+    """Every item of `store` equals the reference (resized as Pillow `pillow`), every
+    `sample_every`th: the rows as stored (a v2 store's pixel_values: the uint8 448 resize) and
+    the tensors `PrebakedDataset` serves (pixel_values: the float32 normalized image)."""
     root = zarr.open_group(store, mode="r")
-    video_ids = root["videos/video_id"][:]
+    video_ids = read_video_ids(root)
+    version = root.attrs["prebake"]["schema_version"]
+    served = PrebakedDataset(store)
     frame_video, frame_index = root["frames/video"][:], root["frames/frame_index"][:]
     stored_frames = {
         (str(video_ids[v]), int(i)): row
@@ -114,12 +121,35 @@ def assert_store_matches(
         if row not in images:  # each frame's reference resizes once, for all its items
             images[row] = (
                 reference.g_pixel_values(image, pillow),
+                reference.pixel_levels(image, pillow),
                 reference.pixel_values(image, pillow),
             )
-        np.testing.assert_array_equal(root["g_pixel_values"][row], images[row][0])
-        np.testing.assert_array_equal(root["pixel_values"][row], images[row][1])
+        g, levels, pixel = images[row]
+        np.testing.assert_array_equal(root["g_pixel_values"][row], g)
+        stored_pixel = levels if version >= 2 else pixel
+        assert_bits_equal(np.asarray(root["pixel_values"][row]), stored_pixel, "pixel_values")
         np.testing.assert_array_equal(root["masks"][mask_row], reference.masks(mask))
         np.testing.assert_array_equal(root["prompt_masks"][mask_row], reference.prompt_masks(mask))
         assert table["area"][position] == int(mask.sum())
         assert table["prompt_cells"][position] == int(reference.prompt_masks(mask).sum())
         assert set(np.unique(root["masks"][mask_row])) <= {0, 1}
+        item = served[position]  # the dataset serves the items in the table's order
+        assert (item["video_id"], item["frame_index"]) == key[:2]
+        assert_bits_equal(item["pixel_values"].numpy(), pixel, "served pixel_values")
+        assert_bits_equal(item["g_pixel_values"].numpy(), g, "served g_pixel_values")
+        expected_mask = reference.masks(mask).astype(np.float32)
+        assert_bits_equal(item["masks"].numpy(), expected_mask, "served masks")
+        prompt = reference.prompt_masks(mask)
+        assert_bits_equal(item["prompt_masks"].numpy(), prompt, "served prompt_masks")
+
+
+def assert_bits_equal(found: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Same dtype, shape and bytes (a float's bits, not only its value)."""
+    assert found.dtype == expected.dtype and found.shape == expected.shape, (
+        what,
+        found.dtype,
+        found.shape,
+        expected.dtype,
+        expected.shape,
+    )
+    assert found.tobytes() == expected.tobytes(), what

@@ -16,7 +16,7 @@ import pytest
 import torch
 import zarr
 from helpers.scale_out import S3, SHARD_ARGS, SHARDS, assert_same_items, assert_same_remote_store
-from helpers.stores import CLI, items_by_key
+from helpers.stores import CLI, items_by_key, video_ids
 
 from prebake.build import BuildOptions, build
 from prebake.errors import StoreError
@@ -184,7 +184,7 @@ def test_s3_store_grows_with_its_source(s3: S3, mixed_src: Path, local_reference
         storage_options=s3.options,
         **SHARDS,  # type: ignore[arg-type]
     )
-    videos = len(zarr.open_group(local_reference, mode="r")["videos/video_id"][:])
+    videos = len(video_ids(zarr.open_group(local_reference, mode="r")))
     first = build(options)
     assert first.built and first.videos == videos - 2
     s3.fs.put(f"{mixed_src}/frames/", "sources/growing/frames/", recursive=True)

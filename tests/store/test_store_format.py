@@ -1,5 +1,5 @@
-"""A built store follows its schema document, and its shards are byte for byte what zarr-python
-writes."""
+"""A built store follows its schema document (v2, and v1 as the hidden v1 writer makes it), and
+its shards are byte for byte what zarr-python writes."""
 
 from __future__ import annotations
 
@@ -7,31 +7,43 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
-from prebake.store.schema import DATA_ARRAYS, array_specs, schema_document
+from prebake.sources import LAYOUTS
+from prebake.store.schema import CODES, DATA_ARRAYS, array_specs, schema_document
 
 
-def test_store_structure_follows_the_schema(train_store: Path) -> None:
-    document = schema_document()
-    root = zarr.open_group(train_store, mode="r")
+@pytest.mark.parametrize("version", [2, 1])
+def test_store_structure_follows_the_schema(
+    version: int, train_store: Path, v1_store: Path
+) -> None:
+    store = train_store if version == 2 else v1_store
+    document = schema_document(version)
+    root = zarr.open_group(store, mode="r")
     attrs = root.attrs["prebake"]
-    assert attrs["schema"] == document["name"] and attrs["schema_version"] == document["version"]
+    assert attrs["schema"] == document["name"] and attrs["schema_version"] == version
     assert attrs["state"] == "complete"
-    for key in (
-        "frame_rows",
-        "item_rows",
-        "masklet_types",
-        "params",
-        "versions",
-        "source",
-        "counts",
-        "failures",
-        "build",
-    ):
-        assert key in attrs
-    for name, spec in array_specs().items():
-        metadata = json.loads((train_store / name / "zarr.json").read_text())
+    assert set(document["attributes"]["required"]) <= set(attrs)
+    if version == 2:
+        assert attrs["params"]["fields"] == list(DATA_ARRAYS)
+        assert (attrs["layouts"], attrs["statuses"]) == (
+            ["train", "frames", "png"],
+            ["ok", "failed"],
+        )
+    else:
+        assert "fields" not in attrs["params"] and "layouts" not in attrs
+    for name, spec in array_specs(version).items():
+        if spec.dtype == "utf8":  # a group of UTF-8 bytes and int64 offsets
+            group = json.loads((store / name / "zarr.json").read_text())
+            assert group["node_type"] == "group"
+            assert group["attributes"] == {"prebake": {"encoding": "utf8-offsets"}}
+            offsets = json.loads((store / name / "offsets" / "zarr.json").read_text())
+            utf8 = json.loads((store / name / "utf8" / "zarr.json").read_text())
+            assert offsets["data_type"] == "int64" and utf8["data_type"] == "uint8", name
+            assert offsets["shape"] == [attrs["counts"]["videos"] + 1], name
+            continue
+        metadata = json.loads((store / name / "zarr.json").read_text())
         rows = {"frame_rows": attrs["frame_rows"], "item_rows": attrs["item_rows"]}.get(spec.rows)
         if rows is not None:
             assert metadata["shape"] == [rows, *spec.row_shape], name
@@ -50,7 +62,14 @@ def test_store_structure_follows_the_schema(train_store: Path) -> None:
         else:
             assert metadata["codecs"] == list(spec.codecs), name
     # The data arrays sit at the root under exactly the seed's names.
-    assert {"pixel_values", "g_pixel_values", "prompt_masks", "masks"} <= set(root.array_keys())
+    assert set(DATA_ARRAYS) <= set(root.array_keys())
+    pixel = root["pixel_values"]
+    assert pixel.dtype == (np.uint8 if version == 2 else np.float32)  # type: ignore[union-attr]
+
+
+def test_code_lists_are_the_sources_names() -> None:
+    assert CODES["layouts"] == tuple(LAYOUTS)
+    assert CODES["statuses"] == ("ok", "failed")
 
 
 def test_shards_are_byte_identical_to_zarr_python(train_store: Path, tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ def run_bench(
     items: int = 200,
     discovery_files: int | None = None,
     append: bool = False,
+    schemas_src: Path | None = None,
 ) -> dict[str, Any]:
-    """The reader (on `store`), build, discovery and append measurements asked for."""
+    """The reader (on `store`), build, discovery, append and schema measurements asked for."""
     results: dict[str, Any] = {}
     if store is not None:
         from prebake.bench.reader import bench_reader
@@ -38,6 +39,10 @@ def run_bench(
         from prebake.bench.sources import bench_append
 
         results["append"] = bench_append()
+    if schemas_src is not None:
+        from prebake.bench.schemas import bench_schemas
+
+        results["schemas"] = bench_schemas(schemas_src, items=items)
     return results
 
 
@@ -59,4 +64,8 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.sources import format_append
 
         lines += format_append(results["append"])
+    if "schemas" in results:
+        from prebake.bench.schemas import format_schemas
+
+        lines += format_schemas(results["schemas"])
     return "\n".join(lines)

@@ -142,7 +142,10 @@ class ShardRows:
         if self.compressed:
             assert self.zstd is not None and self.scratch is not None
             self.zstd.decode(memoryview(data)[offset:end], out=self.scratch)
-            np.copyto(out, self.scratch, casting="unsafe")  # uint8 -> float32 by numpy (fast)
+            if self.table is not None and out.dtype != self.dtype:
+                normalize_into(self.scratch, self.table, out)
+            else:
+                np.copyto(out, self.scratch, casting="unsafe")  # uint8 -> float32 by numpy (fast)
         elif out.dtype == self.dtype:
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, end - offset, offset)
         elif self.table is not None:
