@@ -33,6 +33,13 @@ def v1_store(sample_sources: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="session")
+def loop1_store(sample_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same store with Loop 1's fields only (--fields pixel_values,prompt_masks)."""
+    out = tmp_path_factory.mktemp("stores") / "train-loop1.zarr"
+    return build_store(sample_sources["train"], out, fields=("pixel_values", "prompt_masks"))
+
+
+@pytest.fixture(scope="session")
 def real_sav() -> Path:
     if not REAL_SAV.is_dir():
         pytest.skip("../shared/fixtures/sav_real is absent")

@@ -14,7 +14,7 @@ from prebake import transforms
 from prebake.cli import app
 from prebake.store.layout import StoreDir
 from prebake.store.rows import RowReader
-from prebake.store.schema import array_specs, encode_chunk
+from prebake.store.schema import ArraySpec, array_specs, encode_chunk
 from prebake.store.shard import NO_CHUNK, ShardWriter, read_index
 
 PREBAKE = str(Path(sys.executable).with_name("prebake"))  # the console script of this venv
@@ -26,16 +26,21 @@ MEAN = np.asarray(transforms.IMAGENET_MEAN, dtype=np.float32)[:, None, None]
 STD = np.asarray(transforms.IMAGENET_STD, dtype=np.float32)[:, None, None]
 
 
+def spec_of(store: Path, name: str) -> ArraySpec:
+    """The array's spec in the store's schema version."""
+    return array_specs(StoreDir(store).schema_version())[name]
+
+
 def rows_per_shard(store: Path, name: str) -> int:
     attrs = StoreDir(store).attrs()
     assert attrs is not None
-    key = array_specs()[name].rows_per_shard
+    key = spec_of(store, name).rows_per_shard
     assert key is not None
     return int(attrs["params"][key])
 
 
 def reader(store: Path, name: str) -> RowReader:
-    return RowReader(StoreDir(store), array_specs()[name], rows_per_shard(store, name))
+    return RowReader(StoreDir(store), spec_of(store, name), rows_per_shard(store, name))
 
 
 def read_row(store: Path, name: str, row: int) -> np.ndarray:
@@ -43,12 +48,12 @@ def read_row(store: Path, name: str, row: int) -> np.ndarray:
 
 
 def shard_file(store: Path, name: str, row: int) -> Path:
-    return StoreDir(store).shard_path(array_specs()[name], row // rows_per_shard(store, name))
+    return StoreDir(store).shard_path(spec_of(store, name), row // rows_per_shard(store, name))
 
 
 def replace_row(store: Path, name: str, row: int, value: np.ndarray) -> None:
     """Re-encode one row and rewrite its shard with ShardWriter (valid checksums everywhere)."""
-    spec, per = array_specs()[name], rows_per_shard(store, name)
+    spec, per = spec_of(store, name), rows_per_shard(store, name)
     path = shard_file(store, name, row)
     index = read_index(path, per)
     blob = path.read_bytes()
@@ -92,6 +97,11 @@ def problems(output: str) -> list[str]:
     )
 
 
+def as_stored(store: Path, levels: np.ndarray) -> np.ndarray:
+    """A pixel_values row of these levels as the store holds it (v2: the levels, v1: floats)."""
+    return levels if spec_of(store, "pixel_values").dtype == "uint8" else normalize(levels)
+
+
 def normalize(levels: np.ndarray) -> np.ndarray:
     """The reference normalization of uint8 CHW levels (as transforms.pixel_values does it)."""
     values = levels.astype(np.float32)
@@ -102,6 +112,9 @@ def normalize(levels: np.ndarray) -> np.ndarray:
 
 
 def levels_of(pixel: np.ndarray) -> np.ndarray:
+    """The 8-bit levels of a pixel_values row: a v2 row is them, a v1 row is normalized."""
+    if pixel.dtype == np.uint8:
+        return pixel
     return np.rint((pixel.astype(np.float64) * STD + MEAN) * 255).clip(0, 255).astype(np.uint8)
 
 

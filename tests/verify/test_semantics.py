@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from helpers.damage import (
     MEAN,
     STD,
+    as_stored,
     first_item_rows,
     levels_of,
     normalize,
@@ -31,7 +32,8 @@ from prebake.verify import check_frame, check_item, nearest_sources
 def test_g_pixel_values_made_the_seeds_way(store_copy: Path) -> None:
     """Normalized 448 -> bilinear 1024 -> x255 -> clamp -> uint8: the bug this project was born from."""
     frame_row, _ = first_item_rows(store_copy)
-    pixel = torch.from_numpy(read_row(store_copy, "pixel_values", frame_row))
+    levels = levels_of(read_row(store_copy, "pixel_values", frame_row))
+    pixel = torch.from_numpy(normalize(levels))  # the normalized tensor InternVL is handed
     upsampled = F.interpolate(pixel[None], size=(1024, 1024), mode="bilinear")[0]
     seed_row = (upsampled * 255.0).clamp(0, 255).to(torch.uint8).numpy()
     replace_row(store_copy, "g_pixel_values", frame_row, seed_row)
@@ -63,12 +65,8 @@ def test_channels_swapped_in_both_image_arrays_caught_with_source(
     frame_row, _ = first_item_rows(store_copy)
     pixel = read_row(store_copy, "pixel_values", frame_row)
     g = read_row(store_copy, "g_pixel_values", frame_row)
-    replace_row(
-        store_copy,
-        "pixel_values",
-        frame_row,
-        normalize(np.ascontiguousarray(levels_of(pixel)[::-1])),
-    )
+    swapped = np.ascontiguousarray(levels_of(pixel)[::-1])
+    replace_row(store_copy, "pixel_values", frame_row, as_stored(store_copy, swapped))
     replace_row(store_copy, "g_pixel_values", frame_row, np.ascontiguousarray(g[::-1]))
     code, output = run_verify(store_copy)
     assert code == 0, "without the source a consistent BGR frame is invisible: " + output
@@ -86,22 +84,23 @@ def test_channels_swapped_in_both_image_arrays_caught_with_source(
     )
 
 
-def test_raw_channel_reversal_of_pixel_values_caught_without_source(store_copy: Path) -> None:
-    """Reversing the stored floats (not the frame) leaves values no ImageNet normalization makes."""
-    frame_row, _ = first_item_rows(store_copy)
-    pixel = read_row(store_copy, "pixel_values", frame_row)
-    replace_row(store_copy, "pixel_values", frame_row, np.ascontiguousarray(pixel[::-1]))
-    code, output = run_verify(store_copy)
+def test_raw_channel_reversal_of_pixel_values_caught_without_source(v1_store_copy: Path) -> None:
+    """Reversing the stored floats (not the frame) leaves values no ImageNet normalization
+    makes (schema v1: a v2 store holds levels, which any uint8 is)."""
+    frame_row, _ = first_item_rows(v1_store_copy)
+    pixel = read_row(v1_store_copy, "pixel_values", frame_row)
+    replace_row(v1_store_copy, "pixel_values", frame_row, np.ascontiguousarray(pixel[::-1]))
+    code, output = run_verify(v1_store_copy)
     assert code == 1
     assert any(line.startswith(f"pixel_values row {frame_row} (") for line in problems(output))
 
 
-def test_pixel_values_with_wrong_mean_and_std(store_copy: Path) -> None:
-    frame_row, _ = first_item_rows(store_copy)
-    levels = levels_of(read_row(store_copy, "pixel_values", frame_row))
+def test_pixel_values_with_wrong_mean_and_std(v1_store_copy: Path) -> None:
+    frame_row, _ = first_item_rows(v1_store_copy)
+    levels = levels_of(read_row(v1_store_copy, "pixel_values", frame_row))
     wrong = ((levels.astype(np.float32) / np.float32(255)) - np.float32(0.5)) / np.float32(0.5)
-    replace_row(store_copy, "pixel_values", frame_row, wrong.astype(np.float32))
-    code, output = run_verify(store_copy)
+    replace_row(v1_store_copy, "pixel_values", frame_row, wrong.astype(np.float32))
+    code, output = run_verify(v1_store_copy)
     assert code == 1
     found = problems(output)
     assert found and all(line.startswith(f"pixel_values row {frame_row} (") for line in found), (
@@ -110,16 +109,16 @@ def test_pixel_values_with_wrong_mean_and_std(store_copy: Path) -> None:
     assert any("not ImageNet-normalized 8-bit levels" in line for line in found)
 
 
-def test_pixel_values_not_divided_by_255_is_out_of_range(store_copy: Path) -> None:
-    frame_row, _ = first_item_rows(store_copy)
-    levels = levels_of(read_row(store_copy, "pixel_values", frame_row))
+def test_pixel_values_not_divided_by_255_is_out_of_range(v1_store_copy: Path) -> None:
+    frame_row, _ = first_item_rows(v1_store_copy)
+    levels = levels_of(read_row(v1_store_copy, "pixel_values", frame_row))
     replace_row(
-        store_copy,
+        v1_store_copy,
         "pixel_values",
         frame_row,
         ((levels.astype(np.float32) - MEAN) / STD).astype(np.float32),
     )
-    code, output = run_verify(store_copy)
+    code, output = run_verify(v1_store_copy)
     assert code == 1
     assert any("outside" in line and line.startswith("pixel_values") for line in problems(output))
 
