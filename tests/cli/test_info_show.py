@@ -141,3 +141,36 @@ def test_sheet_sizes(count: int) -> None:
     width, height = sheet_size(count)
     tile_width, tile_height = tile_size(0.5)
     assert width >= tile_width and height >= tile_height
+
+
+# -- both schemas, partial stores ----------------------------------------------------------------
+
+
+def test_info_on_a_v1_and_a_partial_store(v1_store: Path, loop1_store: Path) -> None:
+    v1 = store_info(v1_store)
+    assert v1["schema"] == "prebake-store v1" and v1["lacks"] == []
+    assert v1["arrays"]["pixel_values"]["dtype"] == "float32"
+    partial = store_info(loop1_store)
+    assert partial["fields"] == ["pixel_values", "prompt_masks"]
+    assert partial["lacks"] == ["g_pixel_values", "masks"]
+    assert set(partial["arrays"]) == {"pixel_values", "prompt_masks"}
+    text = format_info(partial)
+    assert (
+        "the store lacks g_pixel_values, masks (built with --fields pixel_values,prompt_masks)"
+        in text
+    )
+    assert "pixel_values is stored as its uint8 levels, served float32" in text
+
+
+def test_show_draws_v1_and_v2_alike_and_partial_stores(
+    train_store: Path, v1_store: Path, loop1_store: Path, tmp_path: Path
+) -> None:
+    drawn = {
+        name: np.asarray(Image.open(render_preview(store, tmp_path / f"{name}.png", item=4)))
+        for name, store in (("v2", train_store), ("v1", v1_store), ("loop1", loop1_store))
+    }
+    assert np.array_equal(drawn["v1"], drawn["v2"])  # the same levels, stored two ways
+    assert drawn["loop1"].shape == drawn["v2"].shape
+    width = tile_size(1.0)[0]
+    right = slice(width - 896, width)  # the 448 panel, x2: the same in the partial store
+    assert np.array_equal(drawn["loop1"][:896, right], drawn["v2"][:896, right])
