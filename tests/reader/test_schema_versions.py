@@ -89,3 +89,16 @@ def test_a_partial_store_serves_its_fields_and_names_what_it_lacks(
     filtered = PrebakedDataset(loop1_store, min_prompt_cells=8)
     assert 0 < len(filtered) < len(dataset)
     assert all(int(item["prompt_masks"].sum()) >= 8 for item in filtered)
+
+
+def test_schema_bench_runs_on_a_small_source(sample_sources: dict[str, Path]) -> None:
+    from prebake.bench.schemas import bench_schemas, format_schemas
+
+    results = bench_schemas(sample_sources["train"], items=20, workers=1)
+    sizes = results["sizes"]
+    assert sizes["v1"]["items"] == sizes["v2"]["items"] == sizes["v2_loop1"]["items"] > 0
+    assert sizes["v2_loop1"]["bytes"] < sizes["v2"]["bytes"] < sizes["v1"]["bytes"]
+    assert set(results["items_per_s"]) == {"v1_all", "v2_all", "v1_loop1", "v2_loop1"}
+    assert all(rate > 0 for rate in results["items_per_s"].values())
+    text = "\n".join(format_schemas(results))
+    assert "v2 / v1" in text and "cv2.LUT" in text
