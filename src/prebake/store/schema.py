@@ -141,8 +141,8 @@ def fields_of(params: dict[str, Any]) -> tuple[str, ...]:
 
 
 def store_version(attrs: dict[str, Any]) -> int:
-    """The schema version of a store's root attributes; StoreError-free: an unknown version is
-    returned as it is for the caller to refuse."""
+    """The schema version of a store's root attributes (-1 when it is not a whole number):
+    the caller refuses a version not in SCHEMA_VERSIONS."""
     version = attrs.get("schema_version")
     return version if isinstance(version, int) and not isinstance(version, bool) else -1
 

@@ -41,7 +41,8 @@ CHECKS = (
     Check(
         "metadata",
         "schema",
-        "each array's zarr.json against the schema document (shape, data type, chunks, codecs)",
+        "each array's zarr.json against the schema document (shape, data type, chunks, codecs); "
+        "the arrays of params.fields and no other",
     ),
     Check(
         "tables",
@@ -56,7 +57,8 @@ CHECKS = (
     Check(
         "frames",
         "semantics",
-        "pixel_values are exactly ImageNet-normalized 8-bit levels; g_pixel_values agrees",
+        "pixel_values (v1's float32) are exactly ImageNet-normalized 8-bit levels; the 448 and "
+        "1024 images show the same picture",
     ),
     Check(
         "items",
