@@ -131,6 +131,22 @@ def build(
             "two run the BICUBIC passes in another order for portrait frames.",
         ),
     ] = 13,
+    resize: Annotated[
+        str,
+        typer.Option(
+            "--resize",
+            help="What runs the two BICUBIC image resizes: pillow (on the workers' CPU cores) or "
+            "torch (Pillow's arithmetic redone in torch, on --device, in batches of a video's "
+            "frames). The store's bytes are the same either way.",
+        ),
+    ] = "pillow",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Where --resize torch runs: cpu, cuda or cuda:N (each worker process uses it).",
+        ),
+    ] = "cpu",
     storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -169,6 +185,8 @@ def build(
         storage_options=options_of_fsspec,
         dask=dask,
         pillow_rule=match_pillow,
+        resize=resize,
+        device=device,
     )
     try:
         report = run_build(options)

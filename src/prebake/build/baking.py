@@ -9,6 +9,7 @@ from typing import Any
 
 from prebake.build.commit import RecordWriter
 from prebake.build.executor import Executor
+from prebake.build.resizing import Resizing
 from prebake.build.unit import worker_died
 from prebake.storage import RemotePath, StorageOptions
 from prebake.store.layout import StoreDir
@@ -54,6 +55,7 @@ def bake_units(
     state: RunState,
     progress: bool,
     storage_options: StorageOptions | None,
+    resizing: Resizing,
 ) -> None:
     """Bake every unit of `todo` in `executor`'s workers (one worker included: a crash in a
     decoder then kills a worker, not the build) and commit each unit's record as it comes back."""
@@ -74,7 +76,7 @@ def bake_units(
 
     def job(unit: UnitPlan) -> tuple[Any, ...]:
         """bake_unit's arguments for `unit`."""
-        return (str(store.path), unit.to_json(), params, storage_options)
+        return (str(store.path), unit.to_json(), params, storage_options, resizing)
 
     def done(unit: UnitPlan, record: dict[str, Any] | None) -> None:
         nonlocal failed

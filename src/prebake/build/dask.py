@@ -116,6 +116,19 @@ class DaskCluster:
     def warm_up(self) -> None:
         """Nothing to do: the cluster's workers run already."""
 
+    def check_workers(self, check: Callable[..., None], *args: Any) -> None:
+        """`check(*args)` on every worker of the cluster now; the first PrebakeError it raises
+        is raised here, naming its worker."""
+        results = self.client.run(check, *args, on_error="return")
+        for worker, result in sorted(results.items()):
+            if isinstance(result, PrebakeError):
+                raise PrebakeError(f"--dask {self.address}: worker {worker}: {result}")
+            if isinstance(result, Exception):
+                raise PrebakeError(
+                    f"--dask {self.address}: worker {worker}: "
+                    f"{type(result).__name__}: {one_line(str(result))}"
+                )
+
     def map_in_order(
         self, function: Callable[..., list[UnitPlan]], batches: list[Any], *args: Any
     ) -> Iterator[list[UnitPlan]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prebake import decoding, transforms
+from prebake.build.resizing import DEFAULT_DEVICE, DEFAULT_RESIZE, Resizing
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.storage import RemotePath, StorageOptions, as_path, location_text
@@ -41,6 +42,15 @@ class BuildOptions:
     # "opencv" is the reference; "legacy" bakes stores as prebake did before, for tests only.
     decoder_conversion: str = "opencv"
     retry_failed: bool = False  # bake the videos recorded as failed again (as new units)
+    # Where the two image resizes run: "pillow", or "torch" on `device` ("cpu", "cuda",
+    # "cuda:N"). Not a setting: both give the same bytes, so a store built one way may be
+    # resumed or grown the other way; the store records which baked what.
+    resize: str = DEFAULT_RESIZE
+    device: str = DEFAULT_DEVICE
+
+    @property
+    def resizing(self) -> Resizing:
+        return Resizing(self.resize, self.device)
 
 
 @dataclass

@@ -26,7 +26,9 @@ __all__ = [
     "bicubic_resize",
     "g_pixel_values",
     "masks",
+    "normalize",
     "pixel_values",
+    "pixel_values_table",
     "prompt_masks",
     "resize_bicubic",
     "vertical_first",
@@ -77,13 +79,28 @@ def g_pixel_values(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.
 
 def pixel_values(frame: Image.Image, pillow: int = DEFAULT_PILLOW_RULE) -> np.ndarray:
     """InternVL input: float32 (3, 448, 448), Resize(BICUBIC) -> ToTensor -> Normalize(ImageNet)."""
-    resized = np.asarray(resize_bicubic(frame, (PIXEL_SIZE, PIXEL_SIZE), pillow))
+    return normalize(np.asarray(resize_bicubic(frame, (PIXEL_SIZE, PIXEL_SIZE), pillow)))
+
+
+def normalize(resized: np.ndarray) -> np.ndarray:
+    """ToTensor then Normalize(ImageNet) of a uint8 (H, W, 3) image: float32 (3, H, W)."""
     values = resized.transpose(2, 0, 1).astype(np.float32)
     # Same float32 operations, in the same order, as ToTensor's div(255) and Normalize.
     values /= np.float32(255)
     values -= _MEAN
     values /= _STD
     return values
+
+
+def pixel_values_table() -> np.ndarray:
+    """float32 (3, 256): `normalize` of each 8-bit level in each channel.
+
+    Each value `normalize` gives depends only on its channel and level (elementwise float32
+    operations), so `table[c, level]` holds its exact bits: a lookup in this table is the
+    normalization, on any device (the torch resize path gathers from it).
+    """
+    levels = np.arange(256, dtype=np.uint8)
+    return normalize(np.stack([levels] * 3, axis=-1)[None])[:, 0, :]
 
 
 def masks(mask: np.ndarray) -> np.ndarray:
