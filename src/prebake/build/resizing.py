@@ -21,6 +21,7 @@ batch and pinned copies of its results: under 160 MiB.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -246,12 +247,13 @@ class DeviceFrames:
         width, height = self.size
         what = f"{n} frames of {width}x{height}" if n else f"frames of {width}x{height}"
         if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error):
-            kind = "out of memory"
+            asked = re.search(r"allocate ([\d.]+ ?\w+)", str(error))
+            kind = "out of memory" + (f": tried to allocate {asked[1]}" if asked else "")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # what this unit cached goes back for the next one
         else:
             kind = f"{type(error).__name__}: {error}"
-            if self.device.type == "cuda" and not context_usable(self.device):
+            if not context_usable(self.device):
                 _unusable = one_line(f"{self.device}: {kind}")
         return DeviceError(
             one_line(
@@ -266,9 +268,11 @@ class DeviceFrames:
 
 def context_usable(device: torch.device) -> bool:
     """Whether a tiny computation still runs on `device` (after an error, a CUDA context may be
-    broken for good: every later call fails)."""
+    broken for good: every later call fails). A CPU always is."""
     import torch
 
+    if device.type != "cuda":
+        return True
     try:
         value = torch.ones(1, device=device).add_(1)
         torch.cuda.synchronize(device)
