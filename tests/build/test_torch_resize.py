@@ -22,6 +22,7 @@ from prebake.build import BuildOptions, build
 from prebake.build.resizing import BATCH_FRAMES
 from prebake.demo import SampleObject, SampleVideo, write_sample
 from prebake.errors import PrebakeError
+from prebake.info import format_info, store_info
 
 CUDA = torch.cuda.is_available()
 DISC = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.004, 0.003), 0.2)
@@ -65,6 +66,8 @@ def test_a_torch_build_is_byte_identical_to_a_pillow_build(
     }
     assert built["pillow"]["resize"] == ["Pillow"]
     assert built["torch"]["resize"] == [f"torch {torch.__version__} on cpu"]
+    shown = format_info(store_info(torched))
+    assert f"workers; images resized by torch {torch.__version__} on cpu\n" in shown
     root = zarr.open_group(pillow, mode="r")
     assert root.attrs["prebake"]["counts"]["frames"] == 17 + 6 + 5 + 4
     assert root.attrs["prebake"]["counts"]["videos_failed"] == 0
