@@ -346,14 +346,29 @@ def bench(
         bool,
         typer.Option("--append", help="Also time adding a video to a store against a rebuild."),
     ] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu",
+            help="Also run the GPU check (scripts/gpu_check.sh): resize ms per frame on the GPU "
+            "against Pillow on one core, whole builds with every core (--resize torch --device "
+            "cuda against Pillow), the two stores compared byte for byte. Exit 1 if any byte "
+            "differs.",
+        ),
+    ] = False,
+    gpu_device: Annotated[
+        str, typer.Option("--gpu-device", help="The CUDA device of --gpu: cuda or cuda:N.")
+    ] = "cuda",
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
-    run); build scaling, discovery and appends on request."""
+    run); build scaling, discovery, appends and the GPU check on request."""
     from prebake.bench import format_bench, run_bench
 
-    if store is None and build_src is None and discovery is None and not append:
-        _fail("give a store (reader), --build-src, --discovery N or --append")
+    if store is None and build_src is None and discovery is None and not append and not gpu:
+        _fail("give a store (reader), --build-src, --discovery N, --append or --gpu")
+    if gpu and not gpu_device.startswith("cuda"):
+        _fail(f"--gpu-device must be cuda or cuda:N, not {gpu_device!r}")
     if store is None and src is not None:
         _fail("--src times the reader's on-the-fly comparison: give a store too")
     try:
@@ -364,10 +379,16 @@ def bench(
             items=items,
             discovery_files=discovery,
             append=append,
+            gpu=gpu_device if gpu else None,
+            echo=lambda line: typer.echo(line, err=True),
         )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
+    if "gpu" in results:
+        from prebake.bench.gpu import passed
+
+        raise typer.Exit(0 if passed(results["gpu"]) else 1)
 
 
 @app.command()

@@ -242,6 +242,6 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
         "torch on cpu 30.00 ms (0.90 x Pillow's speed)" in lines
     )
     assert (
-        "  the Pillow resizes are 60 % of the bare compute's CPU per frame: with them free "
+        "  Pillow's resize step is 60 % of a 1-worker build's CPU per frame: with it free "
         "(on a GPU), the same cores bake at most 2.50 x faster" in lines
     )

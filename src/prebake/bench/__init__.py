@@ -2,11 +2,12 @@
 
 Reader measurements live in `bench.reader`, build measurements (worker scaling, bare compute,
 peak RSS) in `bench.build`, source measurements (discovery of a large tree, an append against a
-rebuild) in `bench.sources`; this module only composes and formats them.
+rebuild) in `bench.sources`, the GPU check of issue 16 in `bench.gpu`; this module only composes and formats them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,11 @@ def run_bench(
     items: int = 200,
     discovery_files: int | None = None,
     append: bool = False,
+    gpu: str | None = None,
+    echo: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """The reader (on `store`), build, discovery and append measurements asked for."""
+    """The reader (on `store`), build, discovery, append and GPU (on device `gpu`)
+    measurements asked for; `echo` hears the GPU check's progress."""
     results: dict[str, Any] = {}
     if store is not None:
         from prebake.bench.reader import bench_reader
@@ -38,6 +42,10 @@ def run_bench(
         from prebake.bench.sources import bench_append
 
         results["append"] = bench_append()
+    if gpu is not None:
+        from prebake.bench.gpu import bench_gpu
+
+        results["gpu"] = bench_gpu(device=gpu, echo=echo)
     return results
 
 
@@ -59,4 +67,8 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.sources import format_append
 
         lines += format_append(results["append"])
+    if "gpu" in results:
+        from prebake.bench.gpu import format_gpu
+
+        lines += format_gpu(results["gpu"])
     return "\n".join(lines)

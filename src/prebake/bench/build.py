@@ -8,8 +8,8 @@ Measured in one run on the same videos:
   resizes of each annotated frame, and each item's RLE decode, mask resize and prompt grid;
   nothing is encoded or written;
 - the resize step per frame, both sizes, as a worker runs it, on one core: Pillow, and
-  `bicubic_resize` on the CPU (and on the GPU, where CUDA is present); and what share of the
-  bare compute the Pillow resizes are, which bounds what any faster resize can gain on the
+  `bicubic_resize` on the CPU (and on the GPU, where CUDA is present); and what share of a
+  build's CPU the Pillow resize step is, which bounds what any faster resize can gain on the
   same cores (if the resizes cost nothing);
 - `prebake build` with 1 and with 2 workers, each a fresh command (wall time of the whole
   command: start-up, planning, baking, commit), frames/s; with 2 workers and `--resize torch`
@@ -41,6 +41,7 @@ from typing import Any
 
 import av
 import numpy as np
+from PIL import Image
 
 from prebake import transforms
 from prebake.bench.resize import first_frames, resize_time
@@ -125,9 +126,10 @@ def bench_build(src: Path) -> dict[str, Any]:
         "ratios": {
             "scaling": one.seconds / two.seconds,
             "overhead": bare / one.seconds,
-            # The Pillow resizes' share of the bare compute's CPU per frame, and the speed-up
-            # of the same cores if they cost nothing: 1 / (1 - share).
-            "resize_share": resize_ms["pillow"] / (1000 * bare_cpu / frames),
+            # The Pillow resize step's share of a build's CPU per frame (1 worker: the whole
+            # command's processes), and the speed-up of the same cores if it cost nothing
+            # (say, on a GPU): 1 / (1 - share).
+            "resize_share": resize_ms["pillow"] / (1000 * one.cpu_seconds / frames),
         },
         "resize_ms_per_frame": resize_ms,
         # CPU time / wall time: how many cores each build really got. On a busy machine a
@@ -228,9 +230,8 @@ def format_resize(results: dict[str, Any]) -> list[str]:
     ]
     return [
         "  resize step per frame (both sizes, stored forms), one core: " + ", ".join(shown),
-        f"  the Pillow resizes are {100 * share:.0f} % of the bare compute's CPU per frame: "
-        f"with them free (on a GPU), the same cores bake at most {1 / (1 - share):.2f} x "
-        "faster",
+        f"  Pillow's resize step is {100 * share:.0f} % of a 1-worker build's CPU per frame: "
+        f"with it free (on a GPU), the same cores bake at most {1 / (1 - share):.2f} x faster",
     ]
 
 
@@ -254,33 +255,68 @@ def _torch_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
-def write_synthetic(root: Path, videos: int, frames: int) -> Path:
-    """`videos` 1280 x 720 SA-V-format videos of `frames` frames (H.264 + manual/auto JSON).
+def write_synthetic(
+    root: Path,
+    videos: int,
+    frames: int,
+    *,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    layout: str = "train",
+) -> Path:
+    """`videos` SA-V-format videos of `frames` frames of `width` x `height` with manual and
+    auto JSON: H.264 mp4s (`train`; even sizes only), or every 4th frame as a JPEG
+    (`frames`, SAM 2's extracted frames; any size).
 
     Rendering a 720p sample frame costs ~50 ms, so CYCLE distinct frames are rendered once and
     repeated; every video holds the same frames (only throughput and memory are measured).
     """
     root.mkdir(parents=True, exist_ok=True)
-    shape = SampleVideo("sav_990000", WIDTH, HEIGHT, frames, OBJECTS)
+    shape = SampleVideo("sav_990000", width, height, frames, OBJECTS)
     cycle = [render(shape, index) for index in range(min(CYCLE, frames))]
-    first = root / f"{shape.video_id}.mp4"
-    with av.open(str(first), "w") as container:
+    annotated = [cycle[index % len(cycle)][1] for index in range(0, frames, FRAME_STRIDE)]
+    annotations = {kind: _annotation(shape, kind, annotated) for kind in ("manual", "auto")}
+    json_dir = root if layout == "train" else root / "annotations"
+    json_dir.mkdir(parents=True, exist_ok=True)
+    for number in range(videos):
+        video_id = f"sav_99{number:04d}"
+        if layout == "train":
+            _write_mp4(root / f"{video_id}.mp4", shape, cycle, first=root / "sav_990000.mp4")
+        elif layout == "frames":
+            _write_jpegs(root / "JPEGImages" / video_id, shape, cycle, root / "JPEGImages")
+        else:
+            raise ValueError(f"unknown layout {layout!r}")
+        for kind, annotation in annotations.items():
+            text = json.dumps({**annotation, "video_id": video_id})
+            (json_dir / f"{video_id}_{kind}.json").write_text(text)
+    return root
+
+
+def _write_mp4(path: Path, shape: SampleVideo, cycle: list[Any], *, first: Path) -> None:
+    """The video as H.264, or a copy of the first one written."""
+    if first.is_file():
+        shutil.copyfile(first, path)
+        return
+    with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = shape.width, shape.height, "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
-        for index in range(frames):
+        for index in range(shape.frame_count):
             frame = av.VideoFrame.from_ndarray(cycle[index % len(cycle)][0], format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    annotated = [cycle[index % len(cycle)][1] for index in range(0, frames, FRAME_STRIDE)]
-    for number in range(videos):
-        video = SampleVideo(f"sav_99{number:04d}", WIDTH, HEIGHT, frames, OBJECTS)
-        if number:
-            shutil.copyfile(first, root / f"{video.video_id}.mp4")
-        for kind in ("manual", "auto"):
-            annotation = _annotation(video, kind, annotated)
-            (root / f"{video.video_id}_{kind}.json").write_text(json.dumps(annotation))
-    return root
+
+
+def _write_jpegs(folder: Path, shape: SampleVideo, cycle: list[Any], frames_root: Path) -> None:
+    """Every 4th frame as `NNNNN.jpg` (quality 95), hard links to the first video's files."""
+    folder.mkdir(parents=True)
+    first = frames_root / "sav_990000"
+    for index in range(0, shape.frame_count, FRAME_STRIDE):
+        name = f"{index:05d}.jpg"
+        if folder != first:
+            os.link(first / name, folder / name)
+        else:
+            Image.fromarray(cycle[index % len(cycle)][0]).save(folder / name, quality=95)
 
 
 def _annotated_frames(src: Path) -> int:

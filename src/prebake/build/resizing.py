@@ -76,29 +76,32 @@ def check_options(resizing: Resizing) -> None:
         )
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, option: str = "--device") -> None:
     """Refuse a CUDA device this process cannot use: torch built without CUDA, no GPU visible,
-    or an index past the visible GPUs. Creates no CUDA context. Raises PrebakeError."""
+    or an index past the visible GPUs. Creates no CUDA context. Raises PrebakeError naming
+    `option`."""
     if device == "cpu":
         return
     import torch
 
+    option = f"{option} {device}"
     if not torch.backends.cuda.is_built():
         raise PrebakeError(
-            f"--device {device}: this torch ({torch.__version__}) is built without CUDA; "
-            "install a CUDA build of torch, or use --device cpu"
+            f"{option}: this torch ({torch.__version__}) is built without CUDA; "
+            "install a CUDA build of torch"
+            + (", or use --device cpu" if "--device" in option else "")
         )
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         raise PrebakeError(
-            f"--device {device}: no CUDA device is visible{hint} (torch {torch.__version__}, "
+            f"{option}: no CUDA device is visible{hint} (torch {torch.__version__}, "
             f"CUDA {torch.version.cuda})"
         )
     index = torch.device(device).index
     if index is not None and index >= count:
-        raise PrebakeError(f"--device {device}: only {count} CUDA devices are visible")
+        raise PrebakeError(f"{option}: only {count} CUDA devices are visible")
 
 
 class FrameResizer(Protocol):
@@ -188,7 +191,7 @@ class DeviceFrames:
         torch.set_num_threads(1)
         try:
             pinned = self.device.type == "cuda"
-            self.description = _describe(self.device)
+            self.description = describe_device(self.device)
             self.batch = torch.empty(
                 (self.capacity, height, width, 3), dtype=torch.uint8, pin_memory=pinned
             )
@@ -281,10 +284,11 @@ def context_usable(device: torch.device) -> bool:
         return False
 
 
-def _describe(device: torch.device) -> str:
+def describe_device(device: str | torch.device) -> str:
     """'torch 2.13.0+cpu on cpu', 'torch 2.13.0+cu128 on cuda:0 (NVIDIA H200)'."""
     import torch
 
+    device = torch.device(device)
     if device.type != "cuda":
         return f"torch {torch.__version__} on {device}"
     index = device.index if device.index is not None else torch.cuda.current_device()
