@@ -140,6 +140,22 @@ def build(
             "two run the BICUBIC passes in another order for portrait frames.",
         ),
     ] = 13,
+    resize: Annotated[
+        str,
+        typer.Option(
+            "--resize",
+            help="What runs the two BICUBIC image resizes: pillow (on the workers' CPU cores) or "
+            "torch (Pillow's arithmetic redone in torch, on --device, in batches of a video's "
+            "frames). The store's bytes are the same either way.",
+        ),
+    ] = "pillow",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Where --resize torch runs: cpu, cuda or cuda:N (each worker process uses it).",
+        ),
+    ] = "cpu",
     storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -182,6 +198,8 @@ def build(
         dask=dask,
         pillow_rule=match_pillow,
         fields=field_names,
+        resize=resize,
+        device=device,
     )
     try:
         report = run_build(options)
@@ -349,14 +367,30 @@ def bench(
             "and reader speed side by side.",
         ),
     ] = None,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu",
+            help="Also run the GPU check (scripts/gpu_check.sh): resize ms per frame on the GPU "
+            "against Pillow on one core, whole builds with every core (--resize torch --device "
+            "cuda against Pillow), the two stores compared byte for byte. Exit 1 if any byte "
+            "differs.",
+        ),
+    ] = False,
+    gpu_device: Annotated[
+        str, typer.Option("--gpu-device", help="The CUDA device of --gpu: cuda or cuda:N.")
+    ] = "cuda",
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
-    run); build scaling, discovery, appends and store schemas on request."""
+    run); build scaling, discovery, appends, store schemas and the GPU check on request."""
     from prebake.bench import format_bench, run_bench
 
-    if store is None and build_src is None and discovery is None and not append and not schemas:
-        _fail("give a store (reader), --build-src, --discovery N, --append or --schemas SRC")
+    asked = (store, build_src, discovery, schemas)
+    if all(value is None for value in asked) and not append and not gpu:
+        _fail("give a store (reader), --build-src, --discovery N, --append, --schemas SRC or --gpu")
+    if gpu and not gpu_device.startswith("cuda"):
+        _fail(f"--gpu-device must be cuda or cuda:N, not {gpu_device!r}")
     if store is None and src is not None:
         _fail("--src times the reader's on-the-fly comparison: give a store too")
     try:
@@ -368,10 +402,16 @@ def bench(
             discovery_files=discovery,
             append=append,
             schemas_src=schemas,
+            gpu=gpu_device if gpu else None,
+            echo=lambda line: typer.echo(line, err=True),
         )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
+    if "gpu" in results:
+        from prebake.bench.gpu import passed
+
+        raise typer.Exit(0 if passed(results["gpu"]) else 1)
 
 
 @app.command()

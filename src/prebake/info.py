@@ -189,6 +189,7 @@ def format_info(info: dict[str, Any]) -> str:
     if build.get("finished"):
         lines.append(
             f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {build.get('workers')} workers"
+            + _resized_by(build)
         )
     else:
         lines.append(f"build: started {build.get('started')}, not finished")
@@ -197,6 +198,7 @@ def format_info(info: dict[str, Any]) -> str:
             f"append: {grown.get('started')}, {grown.get('videos_added')} videos added, "
             f"{grown.get('videos_retried')} retried, {grown.get('seconds')} s "
             f"(videos filter {grown.get('videos_filter')}, limit {grown.get('limit')})"
+            + _resized_by(grown)
         )
     failures = info["failures"]
     if failures:
@@ -211,3 +213,8 @@ def format_info(info: dict[str, Any]) -> str:
 
 def _shape(values: list[int] | None) -> str:
     return "x".join(str(v) for v in values) if values else "?"
+
+
+def _resized_by(run: dict[str, Any]) -> str:
+    """What resized a run's images (recorded since --resize exists; the bytes are the same)."""
+    return f"; images resized by {', '.join(run['resize'])}" if run.get("resize") else ""

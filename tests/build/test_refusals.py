@@ -172,6 +172,7 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
         bare_compute,
         decoder_speed,
         format_build,
+        resize_speeds,
         run_build,
         write_synthetic,
     )
@@ -189,6 +190,12 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     assert wall > 0 and cpu > 0
     decoded, seconds = decoder_speed(src)
     assert decoded == 2 * 5 and seconds > 0  # frames 0 and 4 annotated: 0..4 decoded
+    speeds = resize_speeds(src)  # refuses paths that give other rows than Pillow's
+    assert set(speeds) >= {"pillow", "torch_cpu"} and all(ms > 0 for ms in speeds.values())
+    torched = run_build(
+        src, tmp_path / "torch.zarr", workers=1, extra=("--resize", "torch"), keep=True
+    )
+    assert torched.seconds > 0 and (tmp_path / "torch.zarr" / "zarr.json").is_file()
     run = run_build(src, tmp_path / "store.zarr", workers=2)
     assert isinstance(run, BuildRun) and run.seconds > 0 and run.cpu_seconds > 0
     memory = run.memory(8)
@@ -206,10 +213,17 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
             "bare_compute": 20.0,
             "workers_1": 15.0,
             "workers_2": 27.0,
+            "torch_cpu_2": 24.0,
         },
-        "ratios": {"scaling": 1.8, "overhead": 0.75},
-        "cores_used": {"workers_1": 1.0, "workers_2": 1.8},
-        "cpu_ms_per_frame": {"bare_compute": 45.0, "workers_1": 57.0, "workers_2": 58.0},
+        "ratios": {"scaling": 1.8, "overhead": 0.75, "resize_share": 0.6},
+        "resize_ms_per_frame": {"pillow": 27.0, "torch_cpu": 30.0},
+        "cores_used": {"workers_1": 1.0, "workers_2": 1.8, "torch_cpu_2": 1.8},
+        "cpu_ms_per_frame": {
+            "bare_compute": 45.0,
+            "workers_1": 57.0,
+            "workers_2": 58.0,
+            "torch_cpu_2": 66.0,
+        },
         "rss": {"short": memory, "long": run.memory(40)},
     }
     lines = format_build(results)
@@ -219,3 +233,15 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     )
     assert "  PASS  2 workers / 1 worker             1.80 x   (target >= 1.6 x)" in lines
     assert "  PASS  1 worker / bare compute          0.75 x   (target >= 0.7 x)" in lines
+    assert (
+        "    ... --resize torch --device cpu           24.0 frames/s (0.89 x Pillow's; CPU ms per frame 66.0)"
+        in lines
+    )
+    assert (
+        "  resize step per frame (both sizes, stored forms), one core: Pillow 27.0 ms, "
+        "torch on cpu 30.00 ms (0.90 x Pillow's speed)" in lines
+    )
+    assert (
+        "  Pillow's resize step is 60 % of a 1-worker build's CPU per frame: with it free "
+        "(on a GPU), the same cores bake at most 2.50 x faster" in lines
+    )

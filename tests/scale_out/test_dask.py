@@ -79,6 +79,31 @@ def test_dask_local_cluster_equals_one_worker(
     assert attrs["build"]["workers"] == 2
 
 
+def test_dask_resizes_with_torch_and_checks_the_device_on_the_workers(
+    dask_src: Path, dask_reference: Path, tmp_path: Path
+) -> None:
+    """--resize torch reaches the Dask tasks (same bytes); --device cuda is checked on the
+    workers, where the units run, not by the client: refused there before anything is written."""
+    import torch
+
+    out = tmp_path / "store.zarr"
+    if not torch.cuda.is_available():
+        args = [*dask_build_args(dask_src, out), "--resize", "torch", "--device", "cuda"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 2, result.stderr
+        assert re.fullmatch(
+            r"prebake: --dask local:2: worker tcp://127\.0\.0\.1:\d+: --device cuda: .*\n",
+            result.stderr,
+        ), result.stderr
+        assert not out.exists()
+    args = [*dask_build_args(dask_src, out), "--resize", "torch"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert_same_store(out, dask_reference)
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
+    assert attrs["build"]["resize"] == [f"torch {torch.__version__} on cpu"]
+
+
 def dask_build_args(src: Path, out: Path) -> list[str]:
     return [
         *CLI,

@@ -9,6 +9,7 @@ from typing import Any
 
 from prebake.build.commit import RecordWriter
 from prebake.build.executor import Executor
+from prebake.build.resizing import Resizing
 from prebake.build.unit import worker_died
 from prebake.storage import RemotePath, StorageOptions
 from prebake.store.layout import StoreDir
@@ -55,6 +56,7 @@ def bake_units(
     progress: bool,
     storage_options: StorageOptions | None,
     schema_version: int,
+    resizing: Resizing,
 ) -> None:
     """Bake every unit of `todo` in `executor`'s workers (one worker included: a crash in a
     decoder then kills a worker, not the build) and commit each unit's record as it comes back."""
@@ -75,7 +77,7 @@ def bake_units(
 
     def job(unit: UnitPlan) -> tuple[Any, ...]:
         """bake_unit's arguments for `unit`."""
-        return (str(store.path), unit.to_json(), params, storage_options, schema_version)
+        return (str(store.path), unit.to_json(), params, storage_options, schema_version, resizing)
 
     def done(unit: UnitPlan, record: dict[str, Any] | None) -> None:
         nonlocal failed

@@ -17,6 +17,7 @@ from prebake.build.commit import (
     committed_records,
     initial_attrs,
     report_from_attrs,
+    resized_by,
     run_times,
 )
 from prebake.build.executor import Executor
@@ -31,6 +32,7 @@ from prebake.build.options import (
 )
 from prebake.build.planning import make_plan
 from prebake.build.pool import LocalPool
+from prebake.build.resizing import check_device, check_options
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources import NOT_FOUND_HINT, Discovery, find_videos, select
 from prebake.sources.base import VideoRef
@@ -66,6 +68,9 @@ def _build(options: BuildOptions) -> BuildReport:
             f"not {options.pillow_rule!r}"
         )
     check_fields(options.fields)
+    check_options(options.resizing)
+    if options.resize == "torch" and options.dask is None:
+        check_device(options.device)  # this machine's workers: refused before anything is written
     if options.dask is not None:
         options = _absolute(options)
     out = as_path(options.out, options.storage_options)
@@ -195,6 +200,8 @@ class Builder:
         """Finish what an earlier run left (a build or an append), or build afresh; then add
         what the source holds and the store lacks (`prebake.store.growth`)."""
         options, store = self.options, self.store
+        if options.resize == "torch" and options.dask is not None:
+            self._check_cluster_device()
         settings = settings_of(options)
         attrs = None if options.overwrite else store.attrs()
         if attrs is not None:
@@ -208,6 +215,15 @@ class Builder:
         attrs = self._grow(settings, attrs)
         self._finished = True
         return self._report(attrs)
+
+    def _check_cluster_device(self) -> None:
+        """--dask: every worker of the cluster must reach the device, checked on each of them
+        before anything is baked."""
+        from prebake.build.dask import DaskCluster
+
+        cluster = self.executor()
+        assert isinstance(cluster, DaskCluster)
+        cluster.check_workers(check_device, self.options.device)
 
     def discovery(self) -> Discovery:
         """The source, walked once per run."""
@@ -296,6 +312,7 @@ class Builder:
         self.lock.check()
         records = committed_records(self.store, units)
         run = run_times(self.started, self.workers)
+        run["resize"] = resized_by(records)
         attrs = commit_append(self.store, attrs, plan, units, records, run)
         self.store.remove_build_dir()
         retried = [unit for unit in units if unit.index < plan["base"]["videos"]]
@@ -344,6 +361,7 @@ class Builder:
             progress=self.options.progress,
             storage_options=self.options.storage_options,
             schema_version=self.options.schema_version,
+            resizing=self.options.resizing,
         )
         self.baked_ids.update(unit.video_id for unit in units)
         return units, resumed

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prebake import decoding, transforms
+from prebake.build.resizing import DEFAULT_DEVICE, DEFAULT_RESIZE, Resizing
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.storage import RemotePath, StorageOptions, as_path, location_text
@@ -47,6 +48,15 @@ class BuildOptions:
     # Not a command option: 1 bakes a store of schema v1 (float32 pixel_values, zarr-python
     # string tables, all fields), as prebake did before, for tests of v1 stores only.
     schema_version: int = SCHEMA_VERSION
+    # Where the two image resizes run: "pillow", or "torch" on `device` ("cpu", "cuda",
+    # "cuda:N"). Not a setting: both give the same bytes, so a store built one way may be
+    # resumed or grown the other way; the store records which baked what.
+    resize: str = DEFAULT_RESIZE
+    device: str = DEFAULT_DEVICE
+
+    @property
+    def resizing(self) -> Resizing:
+        return Resizing(self.resize, self.device)
 
 
 @dataclass
