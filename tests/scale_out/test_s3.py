@@ -59,7 +59,7 @@ def test_s3_build_read_verify_equal_to_local(
     assert_same_items(clips, PrebakedDataset(local_reference, clip_len=3), step=11)
 
     subset = torch.utils.data.Subset(remote, range(0, len(remote), 9))  # pickled to workers
-    loader = torch.utils.data.DataLoader(subset, batch_size=2, num_workers=2)
+    loader = torch.utils.data.DataLoader(subset, batch_size=2, num_workers=2, timeout=120)
     assert sum(len(batch["masks"]) for batch in loader) == len(subset)
 
     checked = verify_store(
@@ -149,7 +149,7 @@ def test_s3_build_killed_then_resumed(
         assert process.poll() is None and time.monotonic() < deadline, "no units committed"
         time.sleep(0.05)
     process.kill()
-    process.communicate()
+    process.communicate(timeout=60)
     committed = len(s3.fs.find(f"{prefix}/{BUILD_DIR}/units", refresh=True))
     options = BuildOptions(
         src=remote_src,
