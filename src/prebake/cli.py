@@ -2,8 +2,9 @@
 
 Exit codes: 0 done, 1 done but problems found (videos that failed to bake, source links that
 cannot be followed, baked videos whose source changed or vanished, a store that fails
-verification), 2 could not run (bad arguments, no store, store locked or built otherwise),
-130 interrupted. Errors are one line on stderr, never a traceback.
+verification, a benchmark target missed), 2 could not run (bad arguments, no store, store locked
+or built otherwise, an object store that cannot be reached or used), 130 interrupted. Errors are
+one line on stderr, never a traceback; `--json` results are one document on stdout.
 """
 
 from __future__ import annotations

@@ -91,7 +91,9 @@ def bake_units(
             state.videos_baked += 1
         elif progress:
             say(f"failed: {unit.video_id}: {record.get('reason')}")
-        bar.set_postfix_str(f"videos {state.committed}/{state.planned}, failed {failed}")
+        bar.set_postfix_str(
+            f"videos {state.committed}/{state.planned}, failed {failed}", refresh=False
+        )
 
     try:
         executor.bake(queue, job, done, bar)
