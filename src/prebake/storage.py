@@ -66,11 +66,12 @@ _CLIENT_MODULES = {
 }
 
 
-def storage_problem(error: BaseException) -> str | None:
+def storage_problem(error: BaseException, *, remote: bool = False) -> str | None:
     """Why an object store cannot be used, as one line, when `error` (raised by fsspec or its
     storage client) says so: the endpoint cannot be reached, credentials are missing or refused,
     access is denied, the bucket does not exist. None for any other error (a missing object, a
-    damaged file: the caller's to handle)."""
+    damaged file: the caller's to handle). `remote`: `error` certainly came from an object
+    store, so a bare PermissionError or ConnectionError is its own (not a local file's or pipe's)."""
     chain = [error]
     if error.__cause__ is not None:  # s3fs raises OSErrors caused by botocore's ClientError
         chain.append(error.__cause__)
@@ -83,7 +84,8 @@ def storage_problem(error: BaseException) -> str | None:
             "(storage_options=) or where its client looks (for S3: AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role)"
         )
-    if names & _UNREACHABLE or isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+    network = isinstance(error, ConnectionError | TimeoutError | socket.gaierror)
+    if names & _UNREACHABLE or (remote and network):  # a local broken pipe is no network's
         return (
             f"cannot reach the object store ({text}); check the endpoint (endpoint_url in "
             "--storage-options) and the network"
@@ -92,10 +94,10 @@ def storage_problem(error: BaseException) -> str | None:
         return f"bucket {bucket!r} does not exist" if bucket else "the bucket does not exist"
     if code in _CREDENTIALS_REFUSED:
         return f"the object store refused the credentials ({code}: {text})"
-    if code in _ACCESS_DENIED or isinstance(error, PermissionError):
+    if code in _ACCESS_DENIED or (remote and isinstance(error, PermissionError)):
         return f"access denied ({text}); check the credentials and the bucket's permissions"
-    if isinstance(error, OSError) and not isinstance(error, PermissionError) and code is None:
-        return None  # missing objects, full disks...: the caller's
+    if isinstance(error, OSError) and code is None:
+        return None  # missing objects, full disks, local files...: the caller's
     if type(error).__module__.split(".")[0] in _CLIENT_MODULES:
         return f"the object store failed: {type(error).__name__}: {text}"
     return None
@@ -122,7 +124,7 @@ def _translated(method: Callable[..., Result]) -> Callable[..., Result]:
         except PrebakeError:
             raise
         except Exception as error:
-            reason = storage_problem(error)
+            reason = storage_problem(error, remote=True)
             if reason is None:
                 raise
             raise StoreError(f"{self.url}: {reason}") from None

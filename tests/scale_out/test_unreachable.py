@@ -118,3 +118,15 @@ def test_missing_credentials(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyP
             monkeypatch.setenv(key, value)
     with pytest.raises(StoreError, match=r"^s3://stores/x\.zarr: no credentials for the object"):
         PrebakedDataset("s3://stores/x.zarr", storage_options=options)
+
+
+def test_local_errors_are_not_taken_for_the_object_store() -> None:
+    """A local file's PermissionError or a closed pipe (`prebake info | head`) is not an object
+    store's problem; the same from a remote path is."""
+    from prebake.storage import storage_problem
+
+    assert storage_problem(BrokenPipeError(32, "Broken pipe")) is None
+    assert storage_problem(PermissionError(13, "Permission denied")) is None
+    assert storage_problem(FileNotFoundError(2, "No such file")) is None
+    remote = storage_problem(PermissionError(13, "Access Denied"), remote=True)
+    assert remote is not None and remote.startswith("access denied")
