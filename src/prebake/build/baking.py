@@ -28,6 +28,7 @@ class RunState:
     committed: int = 0  # units with a record (earlier runs included)
     planned: int = 0
     frames_baked: int = 0  # frames this run baked
+    videos_baked: int = 0  # videos this run baked (failed ones not included)
 
     def interrupted_message(self) -> str:
         where = self.store
@@ -59,13 +60,14 @@ def bake_units(
     resizing: Resizing,
 ) -> None:
     """Bake every unit of `todo` in `executor`'s workers (one worker included: a crash in a
-    decoder then kills a worker, not the build) and commit each unit's record as it comes back."""
-    from tqdm import tqdm
+    decoder then kills a worker, not the build) and commit each unit's record as it comes back.
+    A video that fails is named on stderr as it fails (with `progress`; the summary lists all)."""
+    from prebake.progress import progress_bar, say
 
     # Longest videos first: the last units to finish are then short ones, so no worker
     # idles long at the end. The order changes nothing stored (rows are planned).
     queue = deque(sorted(todo, key=lambda unit: (-len(unit.frame_indices), unit.index)))
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(len(unit.frame_indices) for unit in todo),
         desc="baking",
         unit="frame",
@@ -89,7 +91,12 @@ def bake_units(
         failed += record["status"] != "ok"
         if record["status"] == "ok":
             state.frames_baked += len(unit.frame_indices)
-        bar.set_postfix_str(f"videos {state.committed}/{state.planned}, failed {failed}")
+            state.videos_baked += 1
+        elif progress:
+            say(f"failed: {unit.video_id}: {record.get('reason')}")
+        bar.set_postfix_str(
+            f"videos {state.committed}/{state.planned}, failed {failed}", refresh=False
+        )
 
     try:
         executor.bake(queue, job, done, bar)

@@ -36,7 +36,7 @@ from prebake.build.resizing import check_device, check_options
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources import NOT_FOUND_HINT, Discovery, find_videos, select
 from prebake.sources.base import VideoRef
-from prebake.storage import RemotePath, as_path, is_url
+from prebake.storage import RemotePath, as_path, is_url, missing
 from prebake.store.growth import StoredVideos, commit_append, pending_append, plan_growth
 from prebake.store.layout import StoreDir
 from prebake.store.lock import RemoteStoreLock, StoreLock
@@ -75,6 +75,9 @@ def _build(options: BuildOptions) -> BuildReport:
         options = _absolute(options)
     out = as_path(options.out, options.storage_options)
     store = StoreDir(out)
+    # exists() first: it raises when the object store cannot be reached; bucket_exists() says no
+    if isinstance(out, RemotePath) and not out.exists() and not out.bucket_exists():
+        raise StoreError(f"{out}: {missing(out, 'store')}")
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a folder")
     if (
@@ -149,9 +152,9 @@ def _check_version(path: Path | RemotePath, version: int, writes: int) -> None:
 
 def _say(options: BuildOptions, message: str) -> None:
     if options.progress:
-        from tqdm import tqdm
+        from prebake.progress import say
 
-        tqdm.write(message)
+        say(message)
 
 
 class Builder:
@@ -172,16 +175,25 @@ class Builder:
         self._executor: Executor | None = None
         self._finished = False
 
-    def executor(self) -> Executor:
-        """Worker processes here, or the Dask cluster (`--dask`, connected or started now)."""
+    def executor(self, videos: int | None = None) -> Executor:
+        """Worker processes here, or the Dask cluster (`--dask`, connected or started now).
+        Local workers are no more than the `videos` to plan and bake: one more would only
+        start (seconds of imports each) and wait."""
         if self._executor is None:
             if self.options.dask is not None:
                 from prebake.build.dask import DaskCluster
 
                 self._executor = DaskCluster(self.options.dask)
             else:
+                workers = self.options.workers
+                if videos is not None and 0 < videos < workers:
+                    _say(
+                        self.options,
+                        f"note: {videos} videos to bake: {videos} workers, not {workers}",
+                    )
+                    workers = videos
                 note = functools.partial(_say, self.options)
-                self._executor = LocalPool(self.options.workers, self.store.path, note)
+                self._executor = LocalPool(workers, self.store.path, note)
         return self._executor
 
     @property
@@ -330,13 +342,14 @@ class Builder:
         self, settings: dict[str, Any], refs: list[tuple[int, VideoRef]], kind: str, base: Base
     ) -> dict[str, Any]:
         tree = self.discovery().tree
-        return make_plan(self.options, settings, refs, kind, base, tree, self.executor())
+        executor = self.executor(videos=len(refs))
+        return make_plan(self.options, settings, refs, kind, base, tree, executor)
 
     def _bake_plan(
         self, settings: dict[str, Any], plan: dict[str, Any]
     ) -> tuple[list[UnitPlan], int]:
         """Bake every unit of `plan` without a record; return its units and how many had one."""
-        store = self.store
+        options, store = self.options, self.store
         self.state.phase = "baking"
         units = [UnitPlan.from_json(unit) for unit in plan.pop("units")]  # kept compact only
         records = store.read_records(unit.index for unit in units)
@@ -344,6 +357,7 @@ class Builder:
             if unit.status == "failed" and records[unit.index] is None:
                 store.write_record({"index": unit.index, "status": "failed", "reason": unit.reason})
                 records[unit.index] = {"status": "failed"}
+                _say(options, f"failed: {unit.video_id}: {unit.reason}")
         todo = [unit for unit in units if records[unit.index] is None]
         del records
         self.state.planned = len(units)
@@ -356,7 +370,7 @@ class Builder:
             settings["params"],
             store=store,
             lock=self.lock,
-            executor=self.executor(),
+            executor=self.executor(videos=len(todo)),
             state=self.state,
             progress=self.options.progress,
             storage_options=self.options.storage_options,
@@ -378,6 +392,7 @@ class Builder:
         report.built, report.added = self.report.built, self.report.added
         report.retried, report.retried_ok = self.report.retried, self.report.retried_ok
         report.frames_baked = self.state.frames_baked
+        report.videos_baked = self.state.videos_baked
         report.source_problems = list(found.problems)
         report.source_notes = list(found.notes)
         report.source_changes = self.report.source_changes
