@@ -356,6 +356,14 @@ def verify(
 def info(
     store: StoreUrl,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    videos: Annotated[
+        bool,
+        typer.Option(
+            "--videos",
+            help="Also list every video: its id, annotated frames, items and status (a failed "
+            'one with its reason); in --json as "videos".',
+        ),
+    ] = False,
     storage_options: StorageOptionsJson = None,
 ) -> None:
     """Describe a store: counts, failures, arrays, sizes, build parameters and versions."""
@@ -363,7 +371,7 @@ def info(
 
     options_of_fsspec = _storage_options(storage_options)
     try:
-        details = store_info(store, options_of_fsspec)
+        details = store_info(store, options_of_fsspec, videos=videos)
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(details, indent=2) if as_json else format_info(details))
