@@ -356,6 +356,14 @@ def verify(
 def info(
     store: StoreUrl,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    videos: Annotated[
+        bool,
+        typer.Option(
+            "--videos",
+            help="Also list every video: its id, annotated frames, items and status (a failed "
+            'one with its reason); in --json as "videos".',
+        ),
+    ] = False,
     storage_options: StorageOptionsJson = None,
 ) -> None:
     """Describe a store: counts, failures, arrays, sizes, build parameters and versions."""
@@ -363,7 +371,7 @@ def info(
 
     options_of_fsspec = _storage_options(storage_options)
     try:
-        details = store_info(store, options_of_fsspec)
+        details = store_info(store, options_of_fsspec, videos=videos)
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(details, indent=2) if as_json else format_info(details))
@@ -372,20 +380,57 @@ def info(
 @app.command()
 def show(
     store: Store,
-    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("preview.png"),
-    item: Annotated[int | None, typer.Option("--item", help="Item to draw.", min=0)] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Image to write; its extension picks the format: .png, .jpg/.jpeg or .webp.",
+        ),
+    ] = Path("preview.png"),
+    item: Annotated[
+        int | None, typer.Option("--item", help="Item to draw (its index in the store).", min=0)
+    ] = None,
     grid: Annotated[
-        int | None, typer.Option("--grid", help="Contact sheet of N random items.", min=1)
+        int | None,
+        typer.Option(
+            "--grid",
+            help="Contact sheet of N random items (of those picked), half size; at most what "
+            "fits a readable image (156 items).",
+            min=1,
+        ),
+    ] = None,
+    video: Annotated[
+        str | None, typer.Option("--video", help="Pick the items of this video id.")
+    ] = None,
+    frame: Annotated[
+        int | None,
+        typer.Option("--frame", help="Pick the items at this frame (its 24 fps index).", min=0),
+    ] = None,
+    masklet: Annotated[
+        int | None, typer.Option("--masklet", help="Pick the items of this masklet id.", min=0)
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --grid.")] = 0,
 ) -> None:
-    """Draw items as a PNG: 1024 image with its mask, the 448 image and the 16 x 16 prompt grid."""
+    """Draw items: the 1024 image with its mask, the 448 image and the 16 x 16 prompt grid.
+
+    One item (the first picked, or --item) or a contact sheet (--grid); --video, --frame and
+    --masklet pick items and combine. A non-square frame's 1024 panel is stretched, as SAM 2
+    sees it: the caption says so, with the original size."""
     from prebake.show import render_preview
 
     if item is not None and grid is not None:
         _fail("give --item or --grid, not both")
     try:
-        path = render_preview(store, out, item=item, grid=grid, seed=seed)
+        path = render_preview(
+            store,
+            out,
+            item=item,
+            grid=grid,
+            seed=seed,
+            video=video,
+            frame=frame,
+            masklet=masklet,
+        )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(f"wrote {path}")

@@ -67,10 +67,14 @@ def _array_info(store: StoreDir, name: str, params: dict[str, Any], version: int
     }
 
 
-def store_info(path: str | Path, storage_options: StorageOptions | None = None) -> dict[str, Any]:
-    """Counts, failures, per-array layout and sizes, build parameters, versions and timing.
+def store_info(
+    path: str | Path, storage_options: StorageOptions | None = None, *, videos: bool = False
+) -> dict[str, Any]:
+    """Counts, failures, per-array layout and sizes, build parameters, versions and timing;
+    with `videos`, also "videos": every video of the videos table (see `video_list`).
 
-    `path` may be an fsspec URL; `storage_options` go to fsspec."""
+    `path` may be an fsspec URL; `storage_options` go to fsspec. Raises StoreError (one line
+    naming the store) for a missing, foreign, unreadable or newer store."""
     store = StoreDir(path, storage_options)
     if not store.path.exists():
         raise StoreError(f"{store.path}: {missing(store.path, 'store')}")
@@ -91,7 +95,7 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         arrays["pixel_values"]["served"] = "float32 (ImageNet-normalized through a 3 x 256 table)"
     total, _ = _folder_bytes(store.path)
     tables = total - sum(entry["bytes_on_disk"] for entry in arrays.values())
-    return {
+    details = {
         "store": str(store.path),
         "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
         "schema_version": version,
@@ -111,6 +115,45 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         "appends": attrs.get("appends", []),
         "progress": _progress(store) if attrs.get("state") != "complete" else None,
     }
+    if videos:
+        details["videos"] = video_list(store, attrs, version)
+    return details
+
+
+def video_list(store: StoreDir, attrs: dict[str, Any], version: int) -> list[dict[str, Any]] | None:
+    """Every video of the store's videos table, in row order: {video_id, frames (annotated
+    frames baked), items, status ("ok" or "failed"), and reason (failed ones: the one-line
+    reason the build recorded)}. None while the store is incomplete (the table is written when
+    the build commits)."""
+    import zarr
+
+    from prebake.storage import zarr_store
+    from prebake.store.columns import read_column
+
+    if attrs.get("state") != "complete":
+        return None
+    specs = array_specs(version)
+    try:
+        root = zarr.open_group(zarr_store(store.path), mode="r", zarr_format=3)
+        columns = {
+            name: read_column(root, specs[f"videos/{name}"]).tolist()
+            for name in ("video_id", "frames", "items", "status")
+        }
+    except Exception as error:  # zarr raises many types for a damaged table
+        raise StoreError(
+            f"{store.path}: cannot read the videos table ({type(error).__name__}); "
+            "run prebake verify"
+        ) from None
+    reasons = {
+        failure.get("video_id"): failure.get("reason") for failure in attrs.get("failures", [])
+    }
+    listed = []
+    for video_id, frames, items, status in zip(*columns.values(), strict=True):
+        entry = {"video_id": video_id, "frames": frames, "items": items, "status": status}
+        if status != "ok":
+            entry["reason"] = reasons.get(video_id, "(no reason recorded)")
+        listed.append(entry)
+    return listed
 
 
 def _progress(store: StoreDir) -> dict[str, Any]:
@@ -230,8 +273,10 @@ def format_info(info: dict[str, Any]) -> str:
             f"(videos filter {grown.get('videos_filter')}, limit {grown.get('limit')})"
             + _resized_by(grown)
         )
+    if "videos" in info:
+        lines.extend(_video_lines(info["videos"]))
     failures = info["failures"]
-    if failures:
+    if failures and "videos" not in info:  # the video list names them with their reasons
         lines.append(f"failures ({len(failures)}):")
         lines.extend(
             f"  {failure.get('video_id')}: {failure.get('reason')}" for failure in failures[:20]
@@ -239,6 +284,22 @@ def format_info(info: dict[str, Any]) -> str:
         if len(failures) > 20:
             lines.append(f"  ... and {len(failures) - 20} more (--json lists them all)")
     return "\n".join(lines)
+
+
+def _video_lines(videos: list[dict[str, Any]] | None) -> list[str]:
+    if videos is None:
+        return ["videos: listed once the build has finished"]
+    width = max([len("video"), *(len(entry["video_id"]) for entry in videos)])
+    lines = [
+        f"videos ({len(videos)}):",
+        f"  {'video':{width}s} {'annotated frames':>16s} {'items':>8s}  status",
+    ]
+    for entry in videos:
+        status = entry["status"] + (f": {entry['reason']}" if "reason" in entry else "")
+        lines.append(
+            f"  {entry['video_id']:{width}s} {entry['frames']:>16d} {entry['items']:>8d}  {status}"
+        )
+    return lines
 
 
 def _shape(values: list[int] | None) -> str:
