@@ -16,6 +16,7 @@ from prebake import decoding
 from prebake.errors import StoreError
 from prebake.storage import RemotePath, StorageOptions, list_names, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
+from prebake.store.metadata import metadata_problems, zarr_json_schema_path
 from prebake.store.schema import (
     DATA_ARRAYS,
     ITEM_ARRAYS,
@@ -38,53 +39,65 @@ def _array_info(store: StoreDir, name: str, params: dict[str, Any], version: int
     try:
         metadata = json.loads((store.path / name / "zarr.json").read_text())
     except (OSError, ValueError):
-        raise StoreError(f"{store.path}: {name}/zarr.json is missing or unreadable") from None
+        metadata = None  # the metadata line of `format_info` says so, `prebake verify` names it
+    metadata = _as(metadata, dict)
     key = spec.rows_per_shard
     assert key is not None
-    per = int(params[key])
+    per = params.get(key)
+    per = per if isinstance(per, int) and not isinstance(per, bool) and per > 0 else None
     disk, files = _folder_bytes(store.path / name)
     rows = 0  # chunks written, counted from the shard indexes (no chunk is read)
     folder = store.path / name / "c"
-    if folder.is_dir():
+    if per is not None and folder.is_dir():
         for entry in list_names(folder):
             path = store.shard_path(spec, int(entry)) if entry.isdigit() else None
             if path is not None and path.is_file():
                 with contextlib.suppress(ValueError):  # a damaged shard: `prebake verify` names it
                     rows += int((read_index(path, per)[:, 0] != NO_CHUNK).sum())
     raw = rows * spec.row_nbytes
-    codecs = metadata.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])
+    sharding = _as(_as(metadata.get("codecs"), list)[:1] or [{}], list)[0]
+    codecs = _as(_as(_as(sharding, dict).get("configuration"), dict).get("codecs"), list)
     return {
         "shape": metadata.get("shape"),
         "dtype": metadata.get("data_type"),
         "chunks": [1, *spec.row_shape],
         "shards": [per, *spec.row_shape],
-        "codecs": [codec.get("name") for codec in codecs],
+        "codecs": [str(_as(codec, dict).get("name")) for codec in codecs],
         "rows_written": rows,
-        "shard_files": files - 1,  # less zarr.json
+        "shard_files": max(files - 1, 0),  # less zarr.json
         "bytes_on_disk": disk,
         "bytes_raw": raw,
         "compression_ratio": round(raw / disk, 2) if disk else None,
     }
 
 
+def _as(value: Any, kind: type) -> Any:
+    """`value` when it is a `kind` (dict or list), else an empty one: a damaged store is
+    described as far as it goes (its metadata line says the rest)."""
+    return value if isinstance(value, kind) else kind()
+
+
 def store_info(path: str | Path, storage_options: StorageOptions | None = None) -> dict[str, Any]:
     """Counts, failures, per-array layout and sizes, build parameters, versions and timing.
 
-    `path` may be an fsspec URL; `storage_options` go to fsspec."""
+    `path` may be an fsspec URL; `storage_options` go to fsspec. A store whose metadata does
+    not match its schema is described as far as it can be; `metadata_problems` counts the
+    problems (`prebake verify` lists them)."""
     store = StoreDir(path, storage_options)
     if not store.path.exists():
         raise StoreError(f"{store.path}: no such store")
     attrs = store.attrs()
     if attrs is None:
         raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
-    params = attrs.get("params", {})
+    params = _as(attrs.get("params"), dict)
     version = store_version(attrs)
     if version not in SCHEMA_VERSIONS:
         raise StoreError(
             f"{store.path}: store has schema version {attrs.get('schema_version')!r}; this "
             f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
         )
-    fields = fields_of(params)
+    problems = metadata_problems(store.path)
+    fields = _stored_fields(params)
     arrays = {name: _array_info(store, name, params, version) for name in fields}
     if version >= 2 and "pixel_values" in arrays:
         arrays["pixel_values"]["served"] = "float32 (ImageNet-normalized through a 3 x 256 table)"
@@ -94,21 +107,34 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         "store": str(store.path),
         "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
         "schema_version": version,
+        "metadata_schema": zarr_json_schema_path(version).name,
+        "metadata_problems": len(problems),
         "fields": list(fields),
         "lacks": [name for name in DATA_ARRAYS if name not in fields],
         "state": attrs.get("state"),
-        "counts": attrs.get("counts", {}),
-        "failures": attrs.get("failures", []),
+        "counts": _as(attrs.get("counts"), dict),
+        "failures": [_as(failure, dict) for failure in _as(attrs.get("failures"), list)],
         "capacity": {"frame_rows": attrs.get("frame_rows"), "item_rows": attrs.get("item_rows")},
         "arrays": arrays,
         "bytes_on_disk": total,
         "bytes_tables_and_metadata": tables,
         "params": params,
-        "versions": attrs.get("versions", {}),
-        "source": attrs.get("source", {}),
-        "build": attrs.get("build", {}),
-        "appends": attrs.get("appends", []),
+        "versions": _as(attrs.get("versions"), dict),
+        "source": _as(attrs.get("source"), dict),
+        "build": _as(attrs.get("build"), dict),
+        "appends": [_as(entry, dict) for entry in _as(attrs.get("appends"), list)],
     }
+
+
+def _stored_fields(params: dict[str, Any]) -> tuple[str, ...]:
+    """The fields the store says it holds; those of the arrays it has when it says nothing
+    readable (v2 params.fields damaged)."""
+    fields = params.get("fields")
+    if fields is not None and not (
+        isinstance(fields, list) and all(isinstance(f, str) for f in fields)
+    ):
+        return ()
+    return fields_of(params)
 
 
 def _size(count: float) -> str:
@@ -123,6 +149,12 @@ def format_info(info: dict[str, Any]) -> str:
     """The `store_info` dictionary as text for a terminal."""
     counts = info["counts"]
     lines = [f"{info['store']}  ({info['schema']}, {info['state']})"]
+    if info["metadata_problems"]:
+        count = info["metadata_problems"]
+        lines.append(
+            f"  metadata does not match the schema ({count} problem{'s' * (count != 1)} against "
+            f"{info['metadata_schema']}): run prebake verify to list them"
+        )
     if counts:
         lines.append(
             f"  videos {counts.get('videos')} ({counts.get('videos_failed')} failed), "
@@ -160,7 +192,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"  tables and metadata {_size(info['bytes_tables_and_metadata'])}; store total {_size(info['bytes_on_disk'])}"
     )
     frames = counts.get("frames") if counts else None
-    if frames:
+    if isinstance(frames, int) and frames > 0:
         lines.append(f"  per frame: {_size(info['bytes_on_disk'] / frames)}")
     params = info["params"]
     lines.append("build parameters:")
@@ -174,11 +206,17 @@ def format_info(info: dict[str, Any]) -> str:
         f"{params.get('frames_per_shard')} frames / {params.get('items_per_shard')} items per shard"
     )
     rule = params.get("pillow_rule", DEFAULT_PILLOW_RULE)
+    if isinstance(rule, int):
+        lines.append(
+            f"  pillow rule {rule} (BICUBIC passes in the order Pillow {rule} "
+            f"{'and later runs' if rule >= 13 else 'and earlier run'}: --match-pillow)"
+        )
+    else:
+        lines.append(f"  pillow rule {rule!r} (not a Pillow version)")
+    recorded = params.get("decoding")
     lines.append(
-        f"  pillow rule {rule} (BICUBIC passes in the order Pillow {rule} "
-        f"{'and later runs' if rule >= 13 else 'and earlier run'}: --match-pillow)"
+        f"  decoder {decoding.describe(recorded) if isinstance(recorded, dict) or recorded is None else repr(recorded)}"
     )
-    lines.append(f"  decoder {decoding.describe(params.get('decoding'))}")
     source, build = info["source"], info["build"]
     lines.append(
         f"  source {source.get('root')} (first build: videos filter {build.get('videos_filter')}, "
@@ -209,5 +247,5 @@ def format_info(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _shape(values: list[int] | None) -> str:
-    return "x".join(str(v) for v in values) if values else "?"
+def _shape(values: object) -> str:
+    return "x".join(str(v) for v in values) if isinstance(values, list) and values else "?"

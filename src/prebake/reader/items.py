@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from prebake.errors import StoreError
+from prebake.errors import StoreError, one_line
 from prebake.storage import RemotePath, zarr_store
 from prebake.store.columns import read_column
 from prebake.store.schema import array_specs
@@ -69,19 +69,35 @@ def load_tables(
     masklet_types: tuple[str, ...] | None,
     min_prompt_cells: int,
     version: int,
+    rows: dict[str, int],
 ) -> ItemTables:
-    """The item tables of a store of schema `version`, the filters applied."""
-    root = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
+    """The item tables of a store of schema `version`, the filters applied; `rows` counts its
+    "items", "videos", "frame_rows" and "item_rows" (root attributes). Raises StoreError naming the table when one cannot be read or the tables do not
+    describe rows of the store (a damaged store: `prebake verify` names the rows)."""
+    try:
+        root = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
+    except Exception as error:  # zarr raises many types for a broken node
+        raise StoreError(f"{path}: cannot open the store ({_reason(error)})") from None
 
     def column(name: str) -> np.ndarray:
-        return np.asarray(root[name][:])  # type: ignore[index]
+        try:
+            return read_column(root, array_specs(version)[name])
+        except StoreError as error:
+            raise StoreError(f"{path}/{error}") from None
+        except Exception as error:  # zarr raises many types for a broken array or chunk
+            raise StoreError(f"{path}/{name}: table unreadable ({_reason(error)})") from None
 
     video = column("items/video")
     video_frame_row = column("videos/frame_row")
+    video_frames = column("videos/frames")
     frame_row = column("items/frame_row")
-    t = (frame_row - video_frame_row[video]).astype(np.int32)
+    mask_row = column("items/mask_row")
     masklet_type = column("items/masklet_type")
     masklet_id = column("items/masklet_id")
+    frame_index = column("items/frame_index")
+    video_ids = column("videos/video_id").tolist()
+    _check_rows(path, rows, video, video_frame_row, video_frames, frame_row, mask_row, video_ids)
+    t = (frame_row - video_frame_row[video]).astype(np.int32)
     keep = np.ones(len(video), dtype=bool)
     if masklet_types is not None:
         codes = [type_names.index(name) for name in masklet_types]
@@ -91,27 +107,74 @@ def load_tables(
     frames_frame_index = sorted_keys = key_order = None
     if clip_len is not None:
         # A clip starts only where it fits: t + T <= the video's annotated frames (no padding).
-        video_frames = column("videos/frames")
         keep &= t + clip_len <= video_frames[video]
         frames_frame_index = column("frames/frame_index")
+        if len(frames_frame_index) != rows["frame_rows"]:
+            raise StoreError(f"{path}/frames/frame_index: not one value per frame row")
         keys = item_keys(path, video, t, masklet_type, masklet_id)
         key_order = np.argsort(keys, kind="stable")
         sorted_keys = keys[key_order]
     return ItemTables(
         selected=np.flatnonzero(keep).astype(np.int64),
         frame_row=frame_row,
-        mask_row=column("items/mask_row"),
+        mask_row=mask_row,
         video=video,
-        frame_index=column("items/frame_index"),
+        frame_index=frame_index,
         masklet_id=masklet_id,
         masklet_type=masklet_type,
         t=t,
-        video_ids=read_column(root, array_specs(version)["videos/video_id"]).tolist(),
+        video_ids=video_ids,
         video_frame_row=video_frame_row,
         frames_frame_index=frames_frame_index,
         sorted_keys=sorted_keys,
         key_order=key_order,
     )
+
+
+def _check_rows(
+    path: Path | RemotePath,
+    rows: dict[str, int],
+    video: np.ndarray,
+    video_frame_row: np.ndarray,
+    video_frames: np.ndarray,
+    frame_row: np.ndarray,
+    mask_row: np.ndarray,
+    video_ids: list[str],
+) -> None:
+    """What the reader relies on, checked once at open (vectorized): one value per item and per
+    video, and every item's rows inside the store and inside its video's frames."""
+    for name, values, expected in (
+        ("items/video", video, rows["items"]),
+        ("items/frame_row", frame_row, rows["items"]),
+        ("items/mask_row", mask_row, rows["items"]),
+        ("videos/frame_row", video_frame_row, rows["videos"]),
+        ("videos/frames", video_frames, rows["videos"]),
+        ("videos/video_id", video_ids, rows["videos"]),
+    ):
+        if len(values) != expected:
+            raise StoreError(
+                f"{path}/{name}: {len(values)} rows, the root attributes count {expected}"
+            )
+    wrong = (video < 0) | (video >= len(video_ids))
+    if not wrong.any():
+        start = video_frame_row[video]
+        t = frame_row - start
+        wrong = (
+            (t < 0)
+            | (t >= video_frames[video])
+            | (start + video_frames[video] > rows["frame_rows"])
+        )
+        wrong |= (mask_row < 0) | (mask_row >= rows["item_rows"])
+    if wrong.any():
+        item = int(np.flatnonzero(wrong)[0])
+        raise StoreError(
+            f"{path}/items: item {item} refers to rows outside its video or the store; "
+            "prebake verify names every such row"
+        )
+
+
+def _reason(error: Exception) -> str:
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 def item_keys(

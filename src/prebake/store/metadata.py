@@ -56,12 +56,23 @@ def zarr_json_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
 
 
 @cache
-def _validator(version: int) -> Any:
+def _validator(version: int, definition: str | None = None) -> Any:
+    """A validator of the whole store's metadata, or (`definition`) of the object
+    {node: zarr.json} against that one definition of `$defs`."""
     from jsonschema import Draft202012Validator  # imported here: `prebake --help` stays fast
 
     document = zarr_json_schema(version)
-    Draft202012Validator.check_schema(document)
-    return Draft202012Validator(document)
+    if definition is None:
+        Draft202012Validator.check_schema(document)
+        return Draft202012Validator(document)
+    node = definition.removesuffix("_array")
+    return Draft202012Validator(
+        {
+            "$schema": document["$schema"],
+            "$defs": document["$defs"],
+            "properties": {node: {"$ref": f"#/$defs/{definition}"}},
+        }
+    )
 
 
 def node_paths(version: int = SCHEMA_VERSION) -> tuple[str, ...]:
@@ -107,22 +118,30 @@ def metadata_version(root: object) -> int:
 
 
 def metadata_problems(
-    store: Path | RemotePath, nodes: Iterable[str] | None = None
+    store: Path | RemotePath, nodes: Iterable[str] | None = None, any_codecs: Iterable[str] = ()
 ) -> list[MetadataProblem]:
     """Every problem of the store's metadata against the JSON Schema of its version, in file
-    order; `nodes` limits them to those nodes (default: every node the schema lists)."""
+    order; `nodes` limits them to those nodes (default: every node the schema lists).
+
+    A data array named in `any_codecs` is held to the array as Zarr reads it (`$defs/<name>_array`:
+    data type, shape, chunk grid, fill value; any codecs) instead of the codecs prebake writes:
+    the reader reads such arrays through zarr-python when it cannot memory-map them."""
     root, unreadable = read_nodes(store, [ROOT])
     version = metadata_version(root.get(ROOT))
     every = node_paths(version)
     wanted = set(every if nodes is None else nodes)
+    loose = set(any_codecs) & wanted
     found, problems = read_nodes(store, [node for node in every if node and node in wanted])
     found.update(root)
     problems = [*unreadable, *problems]
     broken = {problem.file for problem in problems}
     for error in _validator(version).iter_errors(found):
         for node, problem in _explain(error, found):
-            if node in wanted and problem.file not in broken:
+            if node in wanted and problem.file not in broken and node not in loose:
                 problems.append(problem)
+    for node in sorted(loose & set(found)):
+        for error in _validator(version, f"{node}_array").iter_errors({node: found[node]}):
+            problems.extend(problem for _, problem in _explain(error, found))
     order = {file_of(node): position for position, node in enumerate(every)}
     unique = list(dict.fromkeys(problems))
     return sorted(unique, key=lambda problem: order.get(problem.file, len(order)))
