@@ -19,7 +19,7 @@ from typing import Any
 from prebake.errors import StoreError
 from prebake.storage import RemotePath
 from prebake.store.layout import StoreDir
-from prebake.store.metadata import ROOT, metadata_problems, node_paths
+from prebake.store.metadata import ROOT, MetadataProblem, file_of, metadata_problems
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_VERSIONS, ArraySpec, fields_of, store_version
 
 
@@ -50,20 +50,18 @@ def open_store(path: Path | RemotePath, fields: Sequence[str] | None = None) -> 
             f"{path}: store has schema version {attrs.get('schema_version')!r}; this "
             f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
         )
-    _refuse_damaged(path, [ROOT])
+    # One validation of every node; the data arrays may have any codecs zarr-python reads
+    # (`layout_of` then falls back to it). The root first: it says which arrays are read.
+    problems = metadata_problems(path, any_codecs=DATA_ARRAYS)
+    _refuse(path, [problem for problem in problems if problem.file == file_of(ROOT)])
     stored = fields_of(attrs["params"])
     chosen = choose_fields(fields, stored, path)
-    unread = set(DATA_ARRAYS) - set(chosen)
-    nodes = [node for node in node_paths(version) if node not in unread]
-    # The data arrays may have any codecs zarr-python reads (`layout_of` then falls back to it).
-    _refuse_damaged(path, nodes, any_codecs=chosen)
+    unread = {file_of(name) for name in DATA_ARRAYS if name not in chosen}
+    _refuse(path, [problem for problem in problems if problem.file not in unread])
     return OpenStore(path, attrs, version, stored, chosen)
 
 
-def _refuse_damaged(
-    path: Path | RemotePath, nodes: list[str], any_codecs: Sequence[str] = ()
-) -> None:
-    problems = metadata_problems(path, nodes, any_codecs)
+def _refuse(path: Path | RemotePath, problems: list[MetadataProblem]) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise StoreError(
