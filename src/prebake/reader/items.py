@@ -79,13 +79,22 @@ def load_tables(
     except Exception as error:  # zarr raises many types for a broken node
         raise StoreError(f"{path}: cannot open the store ({_reason(error)})") from None
 
+    lengths = {"items": rows["items"], "videos": rows["videos"], "frames": rows["frame_rows"]}
+
     def column(name: str) -> np.ndarray:
+        """A table column, one value per row of its table (StoreError naming it, else)."""
         try:
-            return read_column(root, array_specs(version)[name])
+            values = read_column(root, array_specs(version)[name])
         except StoreError as error:
             raise StoreError(f"{path}/{error}") from None
         except Exception as error:  # zarr raises many types for a broken array or chunk
             raise StoreError(f"{path}/{name}: table unreadable ({_reason(error)})") from None
+        expected = lengths[name.split("/")[0]]
+        if len(values) != expected:
+            raise StoreError(
+                f"{path}/{name}: {len(values)} rows, the root attributes say {expected}"
+            )
+        return values
 
     video = column("items/video")
     video_frame_row = column("videos/frame_row")
@@ -96,7 +105,9 @@ def load_tables(
     masklet_id = column("items/masklet_id")
     frame_index = column("items/frame_index")
     video_ids = column("videos/video_id").tolist()
-    _check_rows(path, rows, video, video_frame_row, video_frames, frame_row, mask_row, video_ids)
+    if len(masklet_type) and int(masklet_type.max()) >= len(type_names):
+        raise StoreError(f"{path}/items/masklet_type: codes outside 0..{len(type_names) - 1}")
+    _check_rows(path, rows, video, video_frame_row, video_frames, frame_row, mask_row)
     t = (frame_row - video_frame_row[video]).astype(np.int32)
     keep = np.ones(len(video), dtype=bool)
     if masklet_types is not None:
@@ -109,8 +120,6 @@ def load_tables(
         # A clip starts only where it fits: t + T <= the video's annotated frames (no padding).
         keep &= t + clip_len <= video_frames[video]
         frames_frame_index = column("frames/frame_index")
-        if len(frames_frame_index) != rows["frame_rows"]:
-            raise StoreError(f"{path}/frames/frame_index: not one value per frame row")
         keys = item_keys(path, video, t, masklet_type, masklet_id)
         key_order = np.argsort(keys, kind="stable")
         sorted_keys = keys[key_order]
@@ -139,23 +148,10 @@ def _check_rows(
     video_frames: np.ndarray,
     frame_row: np.ndarray,
     mask_row: np.ndarray,
-    video_ids: list[str],
 ) -> None:
-    """What the reader relies on, checked once at open (vectorized): one value per item and per
-    video, and every item's rows inside the store and inside its video's frames."""
-    for name, values, expected in (
-        ("items/video", video, rows["items"]),
-        ("items/frame_row", frame_row, rows["items"]),
-        ("items/mask_row", mask_row, rows["items"]),
-        ("videos/frame_row", video_frame_row, rows["videos"]),
-        ("videos/frames", video_frames, rows["videos"]),
-        ("videos/video_id", video_ids, rows["videos"]),
-    ):
-        if len(values) != expected:
-            raise StoreError(
-                f"{path}/{name}: {len(values)} rows, the root attributes count {expected}"
-            )
-    wrong = (video < 0) | (video >= len(video_ids))
+    """What the reader relies on, checked once at open (vectorized): every item's rows inside
+    the store and inside its video's frames."""
+    wrong = (video < 0) | (video >= len(video_frame_row))
     if not wrong.any():
         start = video_frame_row[video]
         t = frame_row - start
