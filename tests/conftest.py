@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers.stores import REAL_SAV, build_store
 
-from prebake.demo import write_sample
+from prebake.demo import SampleObject, SampleVideo, write_sample
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,20 @@ def real_sav() -> Path:
     if not REAL_SAV.is_dir():
         pytest.skip("../shared/fixtures/sav_real is absent")
     return REAL_SAV
+
+
+@pytest.fixture(scope="session")
+def split_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small videos built with manual masklets only (the store's `masklet_types`
+    attribute still lists every type name), one of which failed to bake."""
+    disc = SampleObject("manual", "disc", (230, 60, 40), (0.4, 0.5), (0.01, 0.0), 0.3)
+    auto = SampleObject("auto", "box", (30, 80, 220), (0.35, 0.45), (0.009, 0.003), 0.2)
+    root = tmp_path_factory.mktemp("split")
+    videos = [
+        SampleVideo("sav_950001", 96, 64, 9, (disc, auto)),
+        SampleVideo("sav_950002", 64, 64, 13, (disc,)),
+        SampleVideo("sav_950003", 64, 48, 5, (disc,)),
+    ]
+    src = write_sample(root / "src", "train", videos)
+    (src / "sav_950003.mp4").write_bytes(b"not a video")
+    return build_store(src, root / "store.zarr", masklets="manual")

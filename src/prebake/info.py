@@ -14,7 +14,7 @@ from typing import Any
 
 from prebake import decoding
 from prebake.errors import StoreError
-from prebake.storage import RemotePath, StorageOptions, list_names, tree_bytes
+from prebake.storage import RemotePath, StorageOptions, list_names, missing, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.metadata import metadata_problems, zarr_json_schema_path
 from prebake.store.schema import (
@@ -77,17 +77,22 @@ def _as(value: Any, kind: type) -> Any:
     return value if isinstance(value, kind) else kind()
 
 
-def store_info(path: str | Path, storage_options: StorageOptions | None = None) -> dict[str, Any]:
-    """Counts, failures, per-array layout and sizes, build parameters, versions and timing.
+def store_info(
+    path: str | Path, storage_options: StorageOptions | None = None, *, videos: bool = False
+) -> dict[str, Any]:
+    """Counts, failures, per-array layout and sizes, build parameters, versions and timing;
+    with `videos`, also "videos": every video of the videos table (see `video_list`).
 
-    `path` may be an fsspec URL; `storage_options` go to fsspec. A store whose metadata does
-    not match its schema is described as far as it can be; `metadata_problems` counts the
+    `path` may be an fsspec URL; `storage_options` go to fsspec. Raises StoreError (one line
+    naming the store) for a missing, foreign, unreadable or newer store. A store whose metadata
+    does not match its schema is described as far as it can be; `metadata_problems` counts the
     problems (`prebake verify` lists them)."""
     store = StoreDir(path, storage_options)
     if not store.path.exists():
-        raise StoreError(f"{store.path}: no such store")
+        raise StoreError(f"{store.path}: {missing(store.path, 'store')}")
     attrs = store.attrs()
     if attrs is None:
+        store.require_complete()  # raises: not a store, or one whose build is still planning
         raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
     params = _as(attrs.get("params"), dict)
     version = store_version(attrs)
@@ -103,7 +108,7 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         arrays["pixel_values"]["served"] = "float32 (ImageNet-normalized through a 3 x 256 table)"
     total, _ = _folder_bytes(store.path)
     tables = total - sum(entry["bytes_on_disk"] for entry in arrays.values())
-    return {
+    details = {
         "store": str(store.path),
         "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
         "schema_version": version,
@@ -123,6 +128,61 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         "source": _as(attrs.get("source"), dict),
         "build": _as(attrs.get("build"), dict),
         "appends": [_as(entry, dict) for entry in _as(attrs.get("appends"), list)],
+        "progress": _progress(store) if attrs.get("state") != "complete" else None,
+    }
+    if videos:
+        details["videos"] = video_list(store, attrs, version)
+    return details
+
+
+def video_list(store: StoreDir, attrs: dict[str, Any], version: int) -> list[dict[str, Any]] | None:
+    """Every video of the store's videos table, in row order: {video_id, frames (annotated
+    frames baked), items, status ("ok" or "failed"), and reason (failed ones: the one-line
+    reason the build recorded)}. None while the store is incomplete (the table is written when
+    the build commits)."""
+    import zarr
+
+    from prebake.storage import zarr_store
+    from prebake.store.columns import read_column
+
+    if attrs.get("state") != "complete":
+        return None
+    specs = array_specs(version)
+    try:
+        root = zarr.open_group(zarr_store(store.path), mode="r", zarr_format=3)
+        columns = {
+            name: read_column(root, specs[f"videos/{name}"]).tolist()
+            for name in ("video_id", "frames", "items", "status")
+        }
+    except Exception as error:  # zarr raises many types for a damaged table
+        raise StoreError(
+            f"{store.path}: cannot read the videos table ({type(error).__name__}); "
+            "run prebake verify"
+        ) from None
+    failures = [_as(failure, dict) for failure in _as(attrs.get("failures"), list)]
+    reasons = {failure.get("video_id"): failure.get("reason") for failure in failures}
+    listed = []
+    for video_id, frames, items, status in zip(*columns.values(), strict=True):
+        entry = {"video_id": video_id, "frames": frames, "items": items, "status": status}
+        if status != "ok":
+            entry["reason"] = reasons.get(video_id, "(no reason recorded)")
+        listed.append(entry)
+    return listed
+
+
+def _progress(store: StoreDir) -> dict[str, Any]:
+    """How far the build of an incomplete store got: videos planned, and committed (a record
+    each), and the build running now ({host, pid, since}; None: it stopped, rerun it)."""
+    from prebake.store.lock import live_build
+
+    plan = store.read_plan() or {}
+    committed = 0
+    if store.units_dir.is_dir():
+        committed = sum(name.endswith(".json") for name in list_names(store.units_dir))
+    return {
+        "videos_planned": len(plan.get("units", [])),
+        "videos_committed": committed,
+        "running": live_build(store.lock_path),
     }
 
 
@@ -162,6 +222,18 @@ def format_info(info: dict[str, Any]) -> str:
         )
     else:
         lines.append("  counts: not yet known (the build has not finished)")
+    progress = info.get("progress")
+    if progress:
+        running = progress["running"]
+        lines.append(
+            f"  build: {progress['videos_committed']} of {progress['videos_planned']} videos "
+            "committed; "
+            + (
+                f"running now (host {running.get('host')}, pid {running.get('pid')})"
+                if running
+                else "no build is running (rerun the same prebake build to finish it)"
+            )
+        )
     capacity = info["capacity"]
     lines.append(
         f"  rows: {capacity['frame_rows']} frame rows, {capacity['item_rows']} item rows (shard-aligned per video)"
@@ -227,6 +299,7 @@ def format_info(info: dict[str, Any]) -> str:
     if build.get("finished"):
         lines.append(
             f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {build.get('workers')} workers"
+            + _resized_by(build)
         )
     else:
         lines.append(f"build: started {build.get('started')}, not finished")
@@ -235,9 +308,12 @@ def format_info(info: dict[str, Any]) -> str:
             f"append: {grown.get('started')}, {grown.get('videos_added')} videos added, "
             f"{grown.get('videos_retried')} retried, {grown.get('seconds')} s "
             f"(videos filter {grown.get('videos_filter')}, limit {grown.get('limit')})"
+            + _resized_by(grown)
         )
+    if "videos" in info:
+        lines.extend(_video_lines(info["videos"]))
     failures = info["failures"]
-    if failures:
+    if failures and "videos" not in info:  # the video list names them with their reasons
         lines.append(f"failures ({len(failures)}):")
         lines.extend(
             f"  {failure.get('video_id')}: {failure.get('reason')}" for failure in failures[:20]
@@ -247,5 +323,27 @@ def format_info(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _video_lines(videos: list[dict[str, Any]] | None) -> list[str]:
+    if videos is None:
+        return ["videos: listed once the build has finished"]
+    width = max([len("video"), *(len(entry["video_id"]) for entry in videos)])
+    lines = [
+        f"videos ({len(videos)}):",
+        f"  {'video':{width}s} {'annotated frames':>16s} {'items':>8s}  status",
+    ]
+    for entry in videos:
+        status = entry["status"] + (f": {entry['reason']}" if "reason" in entry else "")
+        lines.append(
+            f"  {entry['video_id']:{width}s} {entry['frames']:>16d} {entry['items']:>8d}  {status}"
+        )
+    return lines
+
+
 def _shape(values: object) -> str:
     return "x".join(str(v) for v in values) if isinstance(values, list) and values else "?"
+
+
+def _resized_by(run: dict[str, Any]) -> str:
+    """What resized a run's images (recorded since --resize exists; the bytes are the same)."""
+    resize = run.get("resize")
+    return f"; images resized by {', '.join(map(str, resize))}" if isinstance(resize, list) else ""

@@ -26,6 +26,14 @@ REAL_SAV = SHARED / "fixtures" / "sav_real"
 REAL_VIDEO = SHARED / "fixtures" / "real_video" / "01_dog.mp4"
 
 
+# What the `split_store` fixture's sample holds, stated here, not read back from prebake.
+SPLIT_VIDEOS = {  # video id: (annotated frames = ceil(24 fps frames / 4), manual items)
+    "sav_950001": (3, 3),  # 9 frames: one manual masklet on each annotated frame, one auto
+    "sav_950002": (4, 4),  # 13 frames: one manual masklet
+    "sav_950003": (0, 0),  # its mp4 is not a video: failed
+}
+
+
 CLI = [sys.executable, "-c", "from prebake.cli import main; main()"]  # the command, in a subprocess
 
 

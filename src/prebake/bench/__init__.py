@@ -2,11 +2,12 @@
 
 Reader measurements live in `bench.reader`, build measurements (worker scaling, bare compute,
 peak RSS) in `bench.build`, source measurements (discovery of a large tree, an append against a
-rebuild) in `bench.sources`; this module only composes and formats them.
+rebuild) in `bench.sources`, the GPU check of issue 16 in `bench.gpu`; this module only composes and formats them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,11 @@ def run_bench(
     discovery_files: int | None = None,
     append: bool = False,
     schemas_src: Path | None = None,
+    gpu: str | None = None,
+    echo: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """The reader (on `store`), build, discovery, append and schema measurements asked for."""
+    """The reader (on `store`), build, discovery, append, schema and GPU (on device `gpu`)
+    measurements asked for; `echo` hears the GPU check's progress."""
     results: dict[str, Any] = {}
     if store is not None:
         from prebake.bench.reader import bench_reader
@@ -43,6 +47,10 @@ def run_bench(
         from prebake.bench.schemas import bench_schemas
 
         results["schemas"] = bench_schemas(schemas_src, items=items)
+    if gpu is not None:
+        from prebake.bench.gpu import bench_gpu
+
+        results["gpu"] = bench_gpu(device=gpu, echo=echo)
     return results
 
 
@@ -68,4 +76,8 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.schemas import format_schemas
 
         lines += format_schemas(results["schemas"])
+    if "gpu" in results:
+        from prebake.bench.gpu import format_gpu
+
+        lines += format_gpu(results["gpu"])
     return "\n".join(lines)

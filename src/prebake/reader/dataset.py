@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from prebake.errors import StoreError
-from prebake.reader.items import ItemTables, load_tables
+from prebake.reader.items import ItemTables, VideoFilter, load_tables
 from prebake.reader.layout import layout_of, open_store
 from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, RowReaders, tune_allocator
 from prebake.storage import StorageOptions, as_path
@@ -75,7 +75,20 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     frames of a video start none (no padding).
 
     Filters: `masklet_types=("manual",)` keeps those types; `min_prompt_cells=4` drops items
-    whose prompt has fewer cells on (Sa2VA v2's rule). With clips, both apply to the first frame.
+    whose prompt has fewer cells on (Sa2VA v2's rule); `videos=` keeps the items of some videos,
+    for train/val splits by video: a collection of video ids, or a callable on the id
+    (`lambda video_id: hash_split(video_id) < 0.9`). `videos` is resolved at open into the ids
+    kept (`self.videos`, a tuple in store order), so the dataset pickles into DataLoader workers
+    under spawn even with a lambda. With clips, the filters apply to the first frame.
+    `prebake info --videos` lists a store's videos, their annotated frames and items.
+
+    Errors: ValueError for an unknown field name, a bad `clip_len` or `min_prompt_cells`, a
+    masklet type that is not one (naming the types the store's items hold), video ids the store
+    does not hold (naming a few, and how many), and options that leave no item of a store that
+    holds items (naming the option and the limit it passes: the longest video's annotated
+    frames, the largest prompt, the types held, or the options that together leave nothing; a
+    store that itself holds no items gives an empty dataset). StoreError (one line naming the
+    store) for an incomplete or unreadable store and a field it does not hold.
 
     `fast=False` reads every row through zarr-python (slow; for checking). With `fast=True`,
     arrays whose layout cannot be memory-mapped fall back to zarr-python on their own
@@ -97,6 +110,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         masklet_types: Sequence[str] | None = None,
         min_prompt_cells: int = 0,
         *,
+        videos: VideoFilter | None = None,
         fast: bool = True,
         verify_checksums: bool = False,
         max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS,
@@ -118,14 +132,8 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
             "item_rows": int(attrs["item_rows"]),
         }
         self.type_names = [str(name) for name in attrs["masklet_types"]]
-        if masklet_types is not None:
-            if isinstance(masklet_types, str):
-                masklet_types = (masklet_types,)
-            unknown = sorted(set(masklet_types) - set(self.type_names))
-            if unknown:
-                raise ValueError(
-                    f"unknown masklet types {unknown}; the store has {self.type_names}"
-                )
+        if isinstance(masklet_types, str):
+            masklet_types = (masklet_types,)
         self.masklet_types = None if masklet_types is None else tuple(masklet_types)
         if int(min_prompt_cells) < 0:
             raise ValueError(f"min_prompt_cells must be >= 0, got {min_prompt_cells!r}")
@@ -137,7 +145,9 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         self.tune_allocator = tune_allocator
         specs = array_specs(self.version)
         self.layouts = {name: layout_of(self.path, specs[name], fast) for name in self.fields}
-        self._tables: ItemTables | None = self._read_tables()
+        self.videos: tuple[str, ...] | None = None  # `videos` resolved at open: picklable
+        self._tables: ItemTables | None = self._read_tables(videos)
+        self.videos = self._tables.videos_kept
         self._length = len(self._tables.selected)
         # Open files and buffers, per process and per thread: threads must not share the
         # LRU or the decode buffer, and a forked worker must not use its parent's.
@@ -153,7 +163,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def _read_tables(self) -> ItemTables:
+    def _read_tables(self, videos: VideoFilter | None = None) -> ItemTables:
         return load_tables(
             self.path,
             self.type_names,
@@ -162,6 +172,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
             self.min_prompt_cells,
             self.version,
             self.rows,
+            self.videos if videos is None else videos,
         )
 
     def _ensure_tables(self) -> ItemTables:
@@ -257,6 +268,8 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
             options.append(f"masklet_types={self.masklet_types}")
         if self.min_prompt_cells:
             options.append(f"min_prompt_cells={self.min_prompt_cells}")
+        if self.videos is not None:
+            options.append(f"videos=<{len(self.videos)} ids>")
         return f"PrebakedDataset({str(self.path)!r}, {', '.join(options)}): {self._length} items"
 
 
