@@ -307,7 +307,8 @@ def _print_build(report: BuildReport, out: str) -> None:
 
 
 VERIFY_HELP = (
-    "Check a store: schema, checksums, value semantics and (with --src) bit-exactness.\n\n"
+    "Check a store: metadata (JSON Schema), schema, checksums, value semantics and (with --src) "
+    "bit-exactness.\n\n"
     "The checks, in the order they run (each problem names the array, row or file):\n\n"
     + checks_help()
 )

@@ -134,14 +134,16 @@ def describe(decoding: Mapping[str, Any] | None) -> str:
     """One line for `info`: decoder, versions and conversion."""
     decoding = dict(decoding or LEGACY_DECODING)
     versions = f" {decoding['pyav']}" if "pyav" in decoding else ""
-    ffmpeg = decoding.get("ffmpeg", {}).get("libavcodec")
+    ffmpeg_versions = decoding.get("ffmpeg")
+    ffmpeg = ffmpeg_versions.get("libavcodec") if isinstance(ffmpeg_versions, dict) else None
     libraries = f" (libavcodec {ffmpeg})" if ffmpeg else ""
     recorded = (
         "" if "pyav" in decoding else " (not recorded: a store built before prebake recorded it)"
     )
+    # .get: a damaged store is still described (`prebake verify` names what is missing)
     return (
-        f"{decoding['decoder']}{versions}{libraries}, {decoding['pixel_format']} "
-        f"{decoding['interpolation']}, rotation: {decoding['rotation']}{recorded}"
+        f"{decoding.get('decoder')}{versions}{libraries}, {decoding.get('pixel_format')} "
+        f"{decoding.get('interpolation')}, rotation: {decoding.get('rotation')}{recorded}"
     )
 
 

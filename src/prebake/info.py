@@ -16,6 +16,7 @@ from prebake import decoding
 from prebake.errors import StoreError
 from prebake.storage import RemotePath, StorageOptions, list_names, missing, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
+from prebake.store.metadata import metadata_problems, zarr_json_schema_path
 from prebake.store.schema import (
     DATA_ARRAYS,
     ITEM_ARRAYS,
@@ -38,33 +39,42 @@ def _array_info(store: StoreDir, name: str, params: dict[str, Any], version: int
     try:
         metadata = json.loads((store.path / name / "zarr.json").read_text())
     except (OSError, ValueError):
-        raise StoreError(f"{store.path}: {name}/zarr.json is missing or unreadable") from None
+        metadata = None  # the metadata line of `format_info` says so, `prebake verify` names it
+    metadata = _as(metadata, dict)
     key = spec.rows_per_shard
     assert key is not None
-    per = int(params[key])
+    per = params.get(key)
+    per = per if isinstance(per, int) and not isinstance(per, bool) and per > 0 else None
     disk, files = _folder_bytes(store.path / name)
     rows = 0  # chunks written, counted from the shard indexes (no chunk is read)
     folder = store.path / name / "c"
-    if folder.is_dir():
+    if per is not None and folder.is_dir():
         for entry in list_names(folder):
             path = store.shard_path(spec, int(entry)) if entry.isdigit() else None
             if path is not None and path.is_file():
                 with contextlib.suppress(ValueError):  # a damaged shard: `prebake verify` names it
                     rows += int((read_index(path, per)[:, 0] != NO_CHUNK).sum())
     raw = rows * spec.row_nbytes
-    codecs = metadata.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])
+    sharding = _as(_as(metadata.get("codecs"), list)[:1] or [{}], list)[0]
+    codecs = _as(_as(_as(sharding, dict).get("configuration"), dict).get("codecs"), list)
     return {
         "shape": metadata.get("shape"),
         "dtype": metadata.get("data_type"),
         "chunks": [1, *spec.row_shape],
         "shards": [per, *spec.row_shape],
-        "codecs": [codec.get("name") for codec in codecs],
+        "codecs": [str(_as(codec, dict).get("name")) for codec in codecs],
         "rows_written": rows,
-        "shard_files": files - 1,  # less zarr.json
+        "shard_files": max(files - 1, 0),  # less zarr.json
         "bytes_on_disk": disk,
         "bytes_raw": raw,
         "compression_ratio": round(raw / disk, 2) if disk else None,
     }
+
+
+def _as(value: Any, kind: type) -> Any:
+    """`value` when it is a `kind` (dict or list), else an empty one: a damaged store is
+    described as far as it goes (its metadata line says the rest)."""
+    return value if isinstance(value, kind) else kind()
 
 
 def store_info(
@@ -74,7 +84,9 @@ def store_info(
     with `videos`, also "videos": every video of the videos table (see `video_list`).
 
     `path` may be an fsspec URL; `storage_options` go to fsspec. Raises StoreError (one line
-    naming the store) for a missing, foreign, unreadable or newer store."""
+    naming the store) for a missing, foreign, unreadable or newer store. A store whose metadata
+    does not match its schema is described as far as it can be; `metadata_problems` counts the
+    problems (`prebake verify` lists them)."""
     store = StoreDir(path, storage_options)
     if not store.path.exists():
         raise StoreError(f"{store.path}: {missing(store.path, 'store')}")
@@ -82,14 +94,15 @@ def store_info(
     if attrs is None:
         store.require_complete()  # raises: not a store, or one whose build is still planning
         raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
-    params = attrs.get("params", {})
+    params = _as(attrs.get("params"), dict)
     version = store_version(attrs)
     if version not in SCHEMA_VERSIONS:
         raise StoreError(
             f"{store.path}: store has schema version {attrs.get('schema_version')!r}; this "
             f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
         )
-    fields = fields_of(params)
+    problems = metadata_problems(store.path)
+    fields = _stored_fields(params)
     arrays = {name: _array_info(store, name, params, version) for name in fields}
     if version >= 2 and "pixel_values" in arrays:
         arrays["pixel_values"]["served"] = "float32 (ImageNet-normalized through a 3 x 256 table)"
@@ -99,20 +112,22 @@ def store_info(
         "store": str(store.path),
         "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
         "schema_version": version,
+        "metadata_schema": zarr_json_schema_path(version).name,
+        "metadata_problems": len(problems),
         "fields": list(fields),
         "lacks": [name for name in DATA_ARRAYS if name not in fields],
         "state": attrs.get("state"),
-        "counts": attrs.get("counts", {}),
-        "failures": attrs.get("failures", []),
+        "counts": _as(attrs.get("counts"), dict),
+        "failures": [_as(failure, dict) for failure in _as(attrs.get("failures"), list)],
         "capacity": {"frame_rows": attrs.get("frame_rows"), "item_rows": attrs.get("item_rows")},
         "arrays": arrays,
         "bytes_on_disk": total,
         "bytes_tables_and_metadata": tables,
         "params": params,
-        "versions": attrs.get("versions", {}),
-        "source": attrs.get("source", {}),
-        "build": attrs.get("build", {}),
-        "appends": attrs.get("appends", []),
+        "versions": _as(attrs.get("versions"), dict),
+        "source": _as(attrs.get("source"), dict),
+        "build": _as(attrs.get("build"), dict),
+        "appends": [_as(entry, dict) for entry in _as(attrs.get("appends"), list)],
         "progress": _progress(store) if attrs.get("state") != "complete" else None,
     }
     if videos:
@@ -144,9 +159,8 @@ def video_list(store: StoreDir, attrs: dict[str, Any], version: int) -> list[dic
             f"{store.path}: cannot read the videos table ({type(error).__name__}); "
             "run prebake verify"
         ) from None
-    reasons = {
-        failure.get("video_id"): failure.get("reason") for failure in attrs.get("failures", [])
-    }
+    failures = [_as(failure, dict) for failure in _as(attrs.get("failures"), list)]
+    reasons = {failure.get("video_id"): failure.get("reason") for failure in failures}
     listed = []
     for video_id, frames, items, status in zip(*columns.values(), strict=True):
         entry = {"video_id": video_id, "frames": frames, "items": items, "status": status}
@@ -172,6 +186,17 @@ def _progress(store: StoreDir) -> dict[str, Any]:
     }
 
 
+def _stored_fields(params: dict[str, Any]) -> tuple[str, ...]:
+    """The fields the store says it holds; those of the arrays it has when it says nothing
+    readable (v2 params.fields damaged)."""
+    fields = params.get("fields")
+    if fields is not None and not (
+        isinstance(fields, list) and all(isinstance(f, str) for f in fields)
+    ):
+        return ()
+    return fields_of(params)
+
+
 def _size(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if count < 1000 or unit == "TB":
@@ -184,6 +209,12 @@ def format_info(info: dict[str, Any]) -> str:
     """The `store_info` dictionary as text for a terminal."""
     counts = info["counts"]
     lines = [f"{info['store']}  ({info['schema']}, {info['state']})"]
+    if info["metadata_problems"]:
+        count = info["metadata_problems"]
+        lines.append(
+            f"  metadata does not match the schema ({count} problem{'s' * (count != 1)} against "
+            f"{info['metadata_schema']}): run prebake verify to list them"
+        )
     if counts:
         lines.append(
             f"  videos {counts.get('videos')} ({counts.get('videos_failed')} failed), "
@@ -233,7 +264,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"  tables and metadata {_size(info['bytes_tables_and_metadata'])}; store total {_size(info['bytes_on_disk'])}"
     )
     frames = counts.get("frames") if counts else None
-    if frames:
+    if isinstance(frames, int) and frames > 0:
         lines.append(f"  per frame: {_size(info['bytes_on_disk'] / frames)}")
     params = info["params"]
     lines.append("build parameters:")
@@ -247,11 +278,17 @@ def format_info(info: dict[str, Any]) -> str:
         f"{params.get('frames_per_shard')} frames / {params.get('items_per_shard')} items per shard"
     )
     rule = params.get("pillow_rule", DEFAULT_PILLOW_RULE)
+    if isinstance(rule, int):
+        lines.append(
+            f"  pillow rule {rule} (BICUBIC passes in the order Pillow {rule} "
+            f"{'and later runs' if rule >= 13 else 'and earlier run'}: --match-pillow)"
+        )
+    else:
+        lines.append(f"  pillow rule {rule!r} (not a Pillow version)")
+    recorded = params.get("decoding")
     lines.append(
-        f"  pillow rule {rule} (BICUBIC passes in the order Pillow {rule} "
-        f"{'and later runs' if rule >= 13 else 'and earlier run'}: --match-pillow)"
+        f"  decoder {decoding.describe(recorded) if isinstance(recorded, dict) or recorded is None else repr(recorded)}"
     )
-    lines.append(f"  decoder {decoding.describe(params.get('decoding'))}")
     source, build = info["source"], info["build"]
     lines.append(
         f"  source {source.get('root')} (first build: videos filter {build.get('videos_filter')}, "
@@ -302,10 +339,11 @@ def _video_lines(videos: list[dict[str, Any]] | None) -> list[str]:
     return lines
 
 
-def _shape(values: list[int] | None) -> str:
-    return "x".join(str(v) for v in values) if values else "?"
+def _shape(values: object) -> str:
+    return "x".join(str(v) for v in values) if isinstance(values, list) and values else "?"
 
 
 def _resized_by(run: dict[str, Any]) -> str:
     """What resized a run's images (recorded since --resize exists; the bytes are the same)."""
-    return f"; images resized by {', '.join(run['resize'])}" if run.get("resize") else ""
+    resize = run.get("resize")
+    return f"; images resized by {', '.join(map(str, resize))}" if isinstance(resize, list) else ""

@@ -202,11 +202,12 @@ def test_verify_fails_a_store_baked_with_another_decoder_conversion(tmp_path: Pa
 
 
 def test_a_store_from_before_decoding_was_recorded_reads_and_verifies(tmp_path: Path) -> None:
-    """Schema v1 without params.decoding and params.pillow_rule: legacy decoding, rule 13."""
+    """Schema v1 without params.decoding and params.pillow_rule: legacy decoding, rule 13.
+    (Schema v2 always records both: its JSON Schema requires them.)"""
     from prebake import PrebakedDataset
 
     src = small_source(tmp_path / "src", ("h264_yuv420p",))
-    store = build_store(src, tmp_path / "old.zarr")
+    store = build_store(src, tmp_path / "old.zarr", schema_version=1)
 
     def forget(params: dict[str, Any]) -> None:
         del params["decoding"], params["pillow_rule"]

@@ -65,8 +65,9 @@ def test_each_problem_names_its_check(store_copy: Path) -> None:
     code, output = run_verify(store_copy)
     assert code == 1 and report.problems[0] in output
     # A table that cannot be read stops the checks after the tables: the damaged chunk is not
-    # reached.
+    # reached. Its missing zarr.json is named first, against the JSON Schema.
     (store_copy / "items" / "area" / "zarr.json").unlink()
     report = verify_store(store_copy, progress=False)
     checks = [problem.check for problem in report.found]
-    assert checks[0] == "metadata" and set(checks) == {"metadata", "tables"}
+    assert checks[0] == "zarr_json" and set(checks) == {"zarr_json", "metadata", "tables"}
+    assert report.problems[0] == "items/area/zarr.json: missing"

@@ -26,18 +26,10 @@ from torch.utils.data import Dataset
 
 from prebake.errors import StoreError
 from prebake.reader.items import ItemTables, VideoFilter, load_tables
-from prebake.reader.layout import layout_of
+from prebake.reader.layout import layout_of, open_store
 from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, RowReaders, tune_allocator
 from prebake.storage import StorageOptions, as_path
-from prebake.store.layout import StoreDir
-from prebake.store.schema import (
-    DATA_ARRAYS,
-    ITEM_ARRAYS,
-    SCHEMA_VERSIONS,
-    array_specs,
-    fields_of,
-    store_version,
-)
+from prebake.store.schema import DATA_ARRAYS, ITEM_ARRAYS, array_specs
 
 FIELDS = DATA_ARRAYS  # ("pixel_values", "g_pixel_values", "prompt_masks", "masks")
 LOOP1_FIELDS = ("pixel_values", "prompt_masks")  # mask -> caption
@@ -126,19 +118,19 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         storage_options: StorageOptions | None = None,
     ) -> None:
         self.path = as_path(path, storage_options)
-        attrs = StoreDir(self.path).require_complete()
-        self.version = store_version(attrs)
-        if self.version not in SCHEMA_VERSIONS:
-            raise StoreError(
-                f"{self.path}: store has schema version {attrs.get('schema_version')!r}; this "
-                f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
-            )
-        params = attrs.get("params")
-        self.stored_fields = fields_of(params if isinstance(params, dict) else {})
-        self.fields = _check_fields(fields, self.stored_fields, self.path)
+        store = open_store(self.path, fields)
+        attrs, self.version = store.attrs, store.version
+        self.stored_fields, self.fields = store.stored_fields, store.fields
         if clip_len is not None and (isinstance(clip_len, bool) or int(clip_len) < 1):
             raise ValueError(f"clip_len must be a positive number of frames, got {clip_len!r}")
         self.clip_len = None if clip_len is None else int(clip_len)
+        # The row counts the tables must match (small: the dataset pickles to workers).
+        self.rows = {
+            "items": int(attrs["counts"]["items"]),
+            "videos": int(attrs["counts"]["videos"]),
+            "frame_rows": int(attrs["frame_rows"]),
+            "item_rows": int(attrs["item_rows"]),
+        }
         self.type_names = [str(name) for name in attrs["masklet_types"]]
         if isinstance(masklet_types, str):
             masklet_types = (masklet_types,)
@@ -179,6 +171,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
             self.masklet_types,
             self.min_prompt_cells,
             self.version,
+            self.rows,
             self.videos if videos is None else videos,
         )
 
@@ -278,27 +271,6 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         if self.videos is not None:
             options.append(f"videos=<{len(self.videos)} ids>")
         return f"PrebakedDataset({str(self.path)!r}, {', '.join(options)}): {self._length} items"
-
-
-def _check_fields(
-    fields: Sequence[str] | None, stored: tuple[str, ...], path: object
-) -> tuple[str, ...]:
-    """The fields to read, in store order: ValueError for an unknown name, StoreError for a
-    field the store does not hold."""
-    if fields is None:
-        return stored
-    if isinstance(fields, str):
-        fields = (fields,)
-    unknown = [name for name in fields if name not in FIELDS]
-    if unknown:
-        raise ValueError(f"unknown fields {unknown}; choose from {list(FIELDS)}")
-    lacking = [name for name in FIELDS if name in fields and name not in stored]
-    if lacking:
-        raise StoreError(
-            f"{path}: the store holds no {', '.join(lacking)} (it was built with --fields "
-            f"{','.join(stored)}); rebuild it with the fields you need"
-        )
-    return tuple(name for name in FIELDS if name in fields)  # store order, no duplicates
 
 
 def _empty(name: str, lead: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from prebake.errors import StoreError
+from prebake.errors import StoreError, one_line
 from prebake.storage import RemotePath, zarr_store
 from prebake.store.columns import read_column
 from prebake.store.schema import ArraySpec, array_specs
@@ -81,29 +81,56 @@ def load_tables(
     masklet_types: tuple[str, ...] | None,
     min_prompt_cells: int,
     version: int,
+    rows: dict[str, int],
     videos: VideoFilter | None = None,
 ) -> ItemTables:
-    """The item tables of a store of schema `version`, the filters applied.
+    """The item tables of a store of schema `version`, the filters applied; `rows` counts its
+    "items", "videos", "frame_rows" and "item_rows" (root attributes).
 
     `videos` (ids, or a callable on the id) is resolved here into the ids kept
     (`ItemTables.videos_kept`), which a pickled reader passes back in its workers.
 
-    Raises ValueError: a masklet type that is not a type name (naming the types the items
-    hold), video ids the store does not hold (naming a few, and how many), or options that
-    leave no item of a store that holds items (naming the option and the store's limit)."""
-    root = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
+    Raises StoreError naming the table when one cannot be read or the tables do not describe
+    rows of the store (a damaged store: `prebake verify` names the rows). Raises ValueError: a
+    masklet type that is not a type name (naming the types the items hold), video ids the store
+    does not hold (naming a few, and how many), or options that leave no item of a store that
+    holds items (naming the option and the store's limit)."""
+    try:
+        root = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
+    except Exception as error:  # zarr raises many types for a broken node
+        raise StoreError(f"{path}: cannot open the store ({_reason(error)})") from None
+
+    lengths = {"items": rows["items"], "videos": rows["videos"], "frames": rows["frame_rows"]}
 
     def column(name: str) -> np.ndarray:
-        return np.asarray(root[name][:])  # type: ignore[index]
+        """A table column, one value per row of its table (StoreError naming it, else)."""
+        try:
+            values = read_column(root, array_specs(version)[name])
+        except StoreError as error:
+            raise StoreError(f"{path}/{error}") from None
+        except Exception as error:  # zarr raises many types for a broken array or chunk
+            raise StoreError(f"{path}/{name}: table unreadable ({_reason(error)})") from None
+        expected = lengths[name.split("/")[0]]
+        if len(values) != expected:
+            raise StoreError(
+                f"{path}/{name}: {len(values)} rows, the root attributes say {expected}"
+            )
+        return values
 
     specs = array_specs(version)
     video = column("items/video")
     video_frame_row = column("videos/frame_row")
+    video_frames = column("videos/frames")
     frame_row = column("items/frame_row")
-    t = (frame_row - video_frame_row[video]).astype(np.int32)
+    mask_row = column("items/mask_row")
     masklet_type = column("items/masklet_type")
     masklet_id = column("items/masklet_id")
-    video_ids = read_column(root, specs["videos/video_id"]).tolist()
+    frame_index = column("items/frame_index")
+    video_ids = column("videos/video_id").tolist()
+    if len(masklet_type) and int(masklet_type.max()) >= len(type_names):
+        raise StoreError(f"{path}/items/masklet_type: codes outside 0..{len(type_names) - 1}")
+    _check_rows(path, rows, video, video_frame_row, video_frames, frame_row, mask_row)
+    t = (frame_row - video_frame_row[video]).astype(np.int32)
     videos_kept = _resolve_videos(videos, video_ids, path)
     filters = _Filters(clip_len, masklet_types, min_prompt_cells, videos_kept)
     masks: dict[str, np.ndarray] = {}  # per option: which items it keeps
@@ -122,10 +149,9 @@ def load_tables(
     if min_prompt_cells > 0:
         prompt_cells = column("items/prompt_cells")
         masks["min_prompt_cells"] = prompt_cells >= min_prompt_cells
-    frames_frame_index = sorted_keys = key_order = video_frames = None
+    frames_frame_index = sorted_keys = key_order = None
     if clip_len is not None:
         # A clip starts only where it fits: t + T <= the video's annotated frames (no padding).
-        video_frames = column("videos/frames")
         masks["clip_len"] = t + clip_len <= video_frames[video]
         frames_frame_index = column("frames/frame_index")
         keys = item_keys(path, video, t, masklet_type, masklet_id)
@@ -143,9 +169,9 @@ def load_tables(
     return ItemTables(
         selected=np.flatnonzero(keep).astype(np.int64),
         frame_row=frame_row,
-        mask_row=column("items/mask_row"),
+        mask_row=mask_row,
         video=video,
-        frame_index=column("items/frame_index"),
+        frame_index=frame_index,
         masklet_id=masklet_id,
         masklet_type=masklet_type,
         t=t,
@@ -156,6 +182,39 @@ def load_tables(
         key_order=key_order,
         videos_kept=videos_kept,
     )
+
+
+def _check_rows(
+    path: Path | RemotePath,
+    rows: dict[str, int],
+    video: np.ndarray,
+    video_frame_row: np.ndarray,
+    video_frames: np.ndarray,
+    frame_row: np.ndarray,
+    mask_row: np.ndarray,
+) -> None:
+    """What the reader relies on, checked once at open (vectorized): every item's rows inside
+    the store and inside its video's frames."""
+    wrong = (video < 0) | (video >= len(video_frame_row))
+    if not wrong.any():
+        start = video_frame_row[video]
+        t = frame_row - start
+        wrong = (
+            (t < 0)
+            | (t >= video_frames[video])
+            | (start + video_frames[video] > rows["frame_rows"])
+        )
+        wrong |= (mask_row < 0) | (mask_row >= rows["item_rows"])
+    if wrong.any():
+        item = int(np.flatnonzero(wrong)[0])
+        raise StoreError(
+            f"{path}/items: item {item} refers to rows outside its video or the store; "
+            "prebake verify names every such row"
+        )
+
+
+def _reason(error: Exception) -> str:
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 def _resolve_videos(
@@ -217,7 +276,10 @@ class _StoreFacts:
     specs: dict[str, ArraySpec]
 
     def statuses(self, videos: list[int]) -> str:
-        status = read_column(self.root, self.specs["videos/status"])
+        try:
+            status = read_column(self.root, self.specs["videos/status"])
+        except Exception:  # a damaged table: the explanation goes without it
+            return "statuses unreadable"
         return ", ".join(f"{self.video_ids[v]}: {status[v]}" for v in videos[:3]) + (
             f" and {len(videos) - 3} more" if len(videos) > 3 else ""
         )

@@ -32,7 +32,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from prebake.errors import StoreError
+from prebake.errors import StoreError, one_line
 from prebake.reader.layout import ArrayLayout
 from prebake.storage import RemotePath, zarr_store
 from prebake.store.schema import ArraySpec, array_specs
@@ -141,7 +141,13 @@ class ShardRows:
                 raise StoreError(f"{self._path(shard)}: crc32c mismatch in row {row}")
         if self.compressed:
             assert self.zstd is not None and self.scratch is not None
-            self.zstd.decode(memoryview(data)[offset:end], out=self.scratch)
+            try:
+                self.zstd.decode(memoryview(data)[offset:end], out=self.scratch)
+            except (RuntimeError, ValueError, TypeError) as error:  # numcodecs' zstd errors
+                raise StoreError(
+                    f"{self._path(shard)}: row {row} of {self.spec.name} is not a zstd frame "
+                    f"of one row ({one_line(str(error))})"
+                ) from None
             if self.table is not None and out.dtype != self.dtype:
                 normalize_into(self.scratch, self.table, out)
             else:
@@ -188,8 +194,11 @@ class ShardRows:
         except ValueError as error:
             raise StoreError(f"{self._path(shard)}: {error}") from None
         written = index[:, 0] != NO_CHUNK
-        ends = index[written, 0] + index[written, 1]
-        if len(ends) and int(ends.max()) > len(data) - rows * INDEX_ENTRY_BYTES - CHECKSUM_BYTES:
+        end = np.uint64(len(data) - rows * INDEX_ENTRY_BYTES - CHECKSUM_BYTES)
+        offsets, sizes = index[written, 0], index[written, 1]
+        # offset + nbytes <= end, written so that no uint64 sum can wrap around past 2**64
+        beyond = (offsets > end) | (sizes > end - np.minimum(offsets, end))
+        if beyond.any() or (sizes < self.crc_bytes).any():
             raise StoreError(f"{self._path(shard)}: shard index points past the chunks")
         if not self.compressed:
             expected = self.spec.row_nbytes + self.crc_bytes
@@ -207,15 +216,28 @@ class ZarrRows:
     def __init__(
         self, store: Path | RemotePath, spec: ArraySpec, table: np.ndarray | None = None
     ) -> None:
-        self.array = zarr.open_array(zarr_store(store / spec.name), mode="r", zarr_format=3)
+        self.where = store / spec.name
+        try:
+            self.array = zarr.open_array(zarr_store(self.where), mode="r", zarr_format=3)
+        except Exception as error:  # zarr raises many types for a broken array
+            raise StoreError(f"{self.where}: cannot open the array ({_reason(error)})") from None
         self.table = table
 
     def read_into(self, row: int, out: np.ndarray) -> None:
-        values = np.asarray(self.array[row])
+        try:
+            values = np.asarray(self.array[row])
+        except Exception as error:  # zarr raises many types for a broken shard or chunk
+            raise StoreError(f"{self.where}: row {row} unreadable ({_reason(error)})") from None
+        if values.shape != out.shape:
+            raise StoreError(f"{self.where}: row {row} is {values.shape}, not {out.shape}")
         if self.table is not None and out.dtype != values.dtype:
             normalize_into(values, self.table, out)
         else:
             np.copyto(out, values, casting="unsafe")
+
+
+def _reason(error: Exception) -> str:
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 def served_table(spec: ArraySpec) -> np.ndarray | None:

@@ -51,6 +51,10 @@ def decode_text(offsets: np.ndarray, utf8: np.ndarray, where: str) -> np.ndarray
             "(must start at 0, never decrease and end at their count)"
         )
     data = np.asarray(utf8, dtype=np.uint8).tobytes()
+    if b"\0" in data:  # no id, path or fingerprint holds one; a chunk never written reads as 0s
+        raise StoreError(
+            f"{where}: bytes hold NUL characters (a chunk of its utf8 array is missing?)"
+        )
     bounds = offsets.tolist()
     try:
         texts = [data[start:end].decode("utf-8") for start, end in itertools.pairwise(bounds)]

@@ -228,5 +228,7 @@ def pending_append(store: StoreDir, attrs: dict[str, Any] | None) -> dict[str, A
                 f"({store.plan_path}) is missing; rebuild with --overwrite"
             )
         return None
-    committed = {entry.get("id") for entry in attrs.get("appends", [])}
+    appends = attrs.get("appends")
+    entries = appends if isinstance(appends, list) else []  # damaged: verify names it
+    committed = {entry.get("id") for entry in entries if isinstance(entry, dict)}
     return None if plan["id"] in committed else plan

@@ -65,9 +65,8 @@ class StoreDir:
                 metadata = json.load(handle)
         except (OSError, ValueError):
             return None
-        attrs = (
-            metadata.get("attributes", {}).get("prebake") if isinstance(metadata, dict) else None
-        )
+        attributes = metadata.get("attributes") if isinstance(metadata, dict) else None
+        attrs = attributes.get("prebake") if isinstance(attributes, dict) else None
         return attrs if isinstance(attrs, dict) and attrs.get("schema") == SCHEMA_NAME else None
 
     def require_complete(self) -> dict[str, Any]:

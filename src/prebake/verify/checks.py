@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Check:
     name: str
-    family: str  # schema, integrity, semantics or source: the module holding check_<name>
+    family: str  # metadata, schema, integrity, semantics or source: the module holding check_<name>
     description: str
     needs_source: bool = False  # runs only when a source is given (--src)
 
@@ -33,6 +33,13 @@ class Check:
 
 
 CHECKS = (
+    Check(
+        "zarr_json",
+        "metadata",
+        "every node's zarr.json (root, data arrays, tables, groups) against the JSON Schema of "
+        "the store's version (prebake/schemas/prebake-store-v<N>.zarr-json.schema.json): each "
+        "violation named by its file and JSON path",
+    ),
     Check(
         "attributes",
         "schema",

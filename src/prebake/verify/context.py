@@ -12,7 +12,7 @@ import numpy as np
 from prebake.storage import RemotePath
 from prebake.store.layout import StoreDir
 from prebake.store.rows import RowReader
-from prebake.store.schema import DATA_ARRAYS, SCHEMA_VERSION, array_specs, fields_of
+from prebake.store.schema import CODES, DATA_ARRAYS, SCHEMA_VERSION, array_specs, fields_of
 from prebake.verify.report import VerifyReport
 
 
@@ -93,7 +93,7 @@ class VerifyContext:
 
     def item_label(self, item: int) -> str:
         t = self.tables
-        kind = self.attrs["masklet_types"][int(t["items/masklet_type"][item])]
+        kind = CODES["masklet_types"][int(t["items/masklet_type"][item])]
         return (
             f"row {int(t['items/mask_row'][item])} (item {item}: {self.video_ids[int(t['items/video'][item])]} "
             f"frame {int(t['items/frame_index'][item])} masklet {kind} {int(t['items/masklet_id'][item])})"

@@ -50,6 +50,7 @@ class Problem:
 class VerifyReport:
     store: str
     found: list[Problem] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
     schema: dict[str, Any] = field(default_factory=dict)
     integrity: dict[str, Any] = field(default_factory=dict)
     semantics: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +77,12 @@ class VerifyReport:
         problems = self.problems
         verdict = "OK" if self.ok else f"{len(problems)} problem{'s' * (len(problems) != 1)}"
         lines = [f"{self.store}: {verdict}"]
+        if self.metadata:
+            count = self.metadata["problems"]
+            lines.append(
+                f"  metadata   every zarr.json against {self.metadata['schema']} (JSON Schema): "
+                + (f"{count} problem{'s' * (count != 1)}" if count else "valid")
+            )
         if self.schema:
             lines.append(
                 f"  schema     {self.schema.get('arrays', 0)} arrays and {self.schema.get('tables', 0)} tables "
@@ -134,6 +141,7 @@ class VerifyReport:
             "store": self.store,
             "ok": self.ok,
             "problems": [problem.to_json() for problem in self.found],
+            "metadata": self.metadata,
             "schema": self.schema,
             "integrity": {**self.integrity, "mb_per_s": round(self.integrity_mb_per_s, 1)},
             "semantics": self.semantics,

@@ -24,6 +24,9 @@ from prebake.store.schema import (
 )
 from prebake.verify.context import VerifyContext
 
+# Row counts past this are damage (SA-V has 35 M items): the tables check allocates per row.
+MAX_ROWS = 2**40
+
 # Added to v1 by issue 10 (appends, source fingerprints): a v1 store made before may lack them.
 V1_OPTIONAL = ("appends", "videos/fingerprint")
 
@@ -67,10 +70,11 @@ def check_attributes(context: VerifyContext) -> bool:
         if (
             not isinstance(value, int)
             or isinstance(value, bool)
-            or value < (1 if key.endswith("shard") else 0)
+            or not (1 if key.endswith("shard") else 0) <= value <= MAX_ROWS
         ):
             context.problem(
-                f"zarr.json: {key} is {value!r}, expected a whole number; cannot locate rows"
+                f"zarr.json: {key} is {value!r}, expected a whole number of rows (at most "
+                f"2**{MAX_ROWS.bit_length() - 1}); cannot locate rows"
             )
             return False
     rule = params.get("pillow_rule", transforms.DEFAULT_PILLOW_RULE)
@@ -257,7 +261,13 @@ def _short(value: object, limit: int = 160) -> str:
 def _read_tables(context: VerifyContext) -> dict[str, np.ndarray] | None:
     """The row tables through zarr-python (its crc32c codec checks their chunks)."""
     tables: dict[str, np.ndarray] = {}
-    root = zarr.open_group(zarr_store(context.store.path), mode="r", zarr_format=3)
+    try:
+        root = zarr.open_group(zarr_store(context.store.path), mode="r", zarr_format=3)
+    except Exception as error:  # zarr raises many types for a broken root
+        context.problem(
+            f"zarr.json: zarr-python cannot open the store ({type(error).__name__}: {error})"
+        )
+        return None
     wanted = 0
     for name, spec in context.specs.items():
         if spec.sharded:
@@ -301,7 +311,13 @@ def check_tables(context: VerifyContext) -> bool:
     fps, ips = context.rows_per_shard("pixel_values"), context.rows_per_shard("masks")
     status = t["videos/status"]
     failed = [context.video_ids[v] for v in range(len(status)) if status[v] != "ok"]
-    if sorted(failed) != sorted(str(f.get("video_id")) for f in attrs.get("failures", [])):
+    failures = attrs.get("failures")  # a list of objects: else the zarr_json check named it
+    recorded = (
+        [f.get("video_id") for f in failures if isinstance(f, dict)]
+        if isinstance(failures, list)
+        else []
+    )
+    if sorted(failed) != sorted(map(str, recorded)):
         context.problem(
             f"videos/status: failed videos {failed[:5]} disagree with the failures attribute"
         )
@@ -402,7 +418,7 @@ def _check_item_table(context: VerifyContext, item_owner: np.ndarray) -> None:
     checks.append(
         (
             "items/masklet_type",
-            t["items/masklet_type"] >= len(context.attrs["masklet_types"]),
+            t["items/masklet_type"] >= len(CODES["masklet_types"]),
             "not a masklet type code",
         )
     )

@@ -15,6 +15,7 @@ from prebake import transforms
 from prebake.errors import PrebakeError
 from prebake.storage import storage_options_of
 from prebake.store.rows import RowError
+from prebake.store.schema import CODES
 from prebake.verify.context import VerifyContext, sample
 
 
@@ -145,7 +146,7 @@ def _rederive_video(
                 _compare(context, name, row, make(frame, pillow), label)
         frames_done += 1
         for item in items_at[time_index]:
-            kind = context.attrs["masklet_types"][int(t["items/masklet_type"][item])]
+            kind = CODES["masklet_types"][int(t["items/masklet_type"][item])]
             k = masklet_index.get((kind, int(t["items/masklet_id"][item])))
             label = context.item_label(item)
             if k is None:
