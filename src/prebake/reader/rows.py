@@ -220,7 +220,7 @@ class ShardRows:
             )
         direct = out.dtype == self.dtype and out.flags.c_contiguous
         target = out if direct else self.scratch
-        buffers = [memoryview(target.reshape(-1).view(np.uint8))]
+        buffers = [target.reshape(-1).view(np.uint8).data]
         if self.verify:
             buffers.append(memoryview(self.crc))
         read_exactly(fd, buffers, offset, path, row)
