@@ -353,7 +353,7 @@ def bench(
 ) -> None:
     """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
     run); build scaling, discovery, appends and store schemas on request."""
-    from prebake.bench import format_bench, run_bench
+    from prebake.bench import failed, format_bench, run_bench
 
     if store is None and build_src is None and discovery is None and not append and not schemas:
         _fail("give a store (reader), --build-src, --discovery N, --append or --schemas SRC")
@@ -372,6 +372,8 @@ def bench(
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
+    if failed(results):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """`prebake bench`: speed and memory measured side by side in one run, reported as ratios.
 
-Reader measurements live in `bench.reader`, build measurements (worker scaling, bare compute,
+Reader measurements live in `bench.reader`, the loader's (`PrebakedLoader` against a
+DataLoader with workers and the floor) in `bench.loader`, build measurements (worker scaling, bare compute,
 peak RSS) in `bench.build`, source measurements (discovery of a large tree, an append against a
 rebuild) in `bench.sources`; this module only composes and formats them.
 """
@@ -27,6 +28,9 @@ def run_bench(
         from prebake.bench.reader import bench_reader
 
         results["reader"] = bench_reader(store, src=src, items=items)
+        from prebake.bench.loader import bench_loader
+
+        results["loader"] = bench_loader(store, items=items)
     if build_src is not None:
         from prebake.bench.build import bench_build
 
@@ -52,6 +56,10 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.reader import format_reader
 
         lines += format_reader(results["reader"])
+    if "loader" in results:
+        from prebake.bench.loader import format_loader
+
+        lines += format_loader(results["loader"])
     if "build" in results:
         from prebake.bench.build import format_build
 
@@ -69,3 +77,13 @@ def format_bench(results: dict[str, Any]) -> str:
 
         lines += format_schemas(results["schemas"])
     return "\n".join(lines)
+
+
+def failed(results: dict[str, Any]) -> list[str]:
+    """The targets missed in `results` (as `run_bench` returns them), by label."""
+    return [
+        verdict["target"]
+        for part in results.values()
+        for verdict in part.get("verdicts", [])
+        if not verdict["passed"]
+    ]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from prebake.reader.dataset import OUTPUT_DTYPES, PrebakedDataset
+from prebake.reader.rows import page_aligned_empty
 from prebake.store.schema import array_specs
 from prebake.transforms import pixel_table
 
@@ -67,8 +68,11 @@ class BatchBuffers:
         batch_size: int,
         pin: bool,
     ) -> None:
+        # Pinned memory is page-aligned; so are the others (a faster pread target).
         self.tensors = {
-            name: torch.empty((batch_size, *shape), dtype=dtypes[name], pin_memory=pin)
+            name: torch.empty((batch_size, *shape), dtype=dtypes[name], pin_memory=True)
+            if pin
+            else page_aligned_empty((batch_size, *shape), dtypes[name])
             for name, shape in shapes.items()
         }
         self.arrays = {name: tensor.numpy() for name, tensor in self.tensors.items()}

@@ -27,7 +27,12 @@ from torch.utils.data import Dataset
 from prebake.errors import StoreError
 from prebake.reader.items import ItemTables, load_tables
 from prebake.reader.layout import layout_of
-from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, RowReaders, tune_allocator
+from prebake.reader.rows import (
+    DEFAULT_MAX_OPEN_SHARDS,
+    RowReaders,
+    page_aligned_empty,
+    tune_allocator,
+)
 from prebake.storage import StorageOptions, as_path
 from prebake.store.layout import StoreDir
 from prebake.store.schema import (
@@ -304,6 +309,8 @@ def _check_fields(
 
 
 def _empty(name: str, lead: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
-    """A fresh torch-owned output tensor and a writable numpy view of it (no copy, no warning)."""
-    tensor = torch.empty((*lead, *array_specs()[name].row_shape), dtype=OUTPUT_DTYPES[name])
+    """A fresh torch-owned output tensor (page-aligned: rows are read straight into it) and a
+    writable numpy view of it (no copy, no warning)."""
+    shape = (*lead, *array_specs()[name].row_shape)
+    tensor = page_aligned_empty(shape, OUTPUT_DTYPES[name])
     return tensor, tensor.numpy()

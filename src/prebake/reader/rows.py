@@ -21,6 +21,8 @@ are copied as they are (for a device that normalizes them itself).
 from __future__ import annotations
 
 import ctypes
+import math
+import mmap
 import os
 import sys
 from collections import OrderedDict
@@ -31,6 +33,7 @@ import cv2
 import google_crc32c
 import numcodecs
 import numpy as np
+import torch
 import zarr
 
 from prebake.errors import StoreError
@@ -40,6 +43,12 @@ from prebake.store.schema import ArraySpec, array_specs
 from prebake.store.shard import CHECKSUM_BYTES, INDEX_ENTRY_BYTES, NO_CHUNK, parse_index, shard_key
 from prebake.transforms import pixel_table
 
+# numpy dtypes the store's arrays hold, as torch dtypes
+SERVED_AS = {
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.bool_): torch.bool,
+    np.dtype(np.float32): torch.float32,
+}
 DEFAULT_MAX_OPEN_SHARDS = 64  # open shard files (descriptors) per process and thread
 
 _M_TRIM_THRESHOLD = -1
@@ -72,6 +81,21 @@ def tune_allocator() -> bool:
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     ok_trim = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     return bool(ok_mmap and ok_trim)
+
+
+PAGE = mmap.PAGESIZE
+
+
+def page_aligned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized tensor whose data start on a page boundary (so does every row of it
+    whose size is a multiple of the page). `os.preadv` copies from the page cache much slower
+    into some misaligned buffers: measured here (CPU time per 3 MB row), 0.19 ms into a
+    page-aligned buffer, 0.20 ms at 64 bytes past one (torch's own alignment), 0.80 ms at 16
+    bytes past (numpy's and glibc's alignment), 0.44 ms at 1 byte past."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
+    start = -raw.data_ptr() % PAGE
+    return raw[start : start + nbytes].view(dtype).view(shape)
 
 
 def normalize_into(levels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
@@ -189,7 +213,8 @@ class ShardRows:
         self.verify = layout.checksummed and (verify_checksums or self.compressed)
         self.dtype = spec.numpy_dtype  # computed once: the property builds a new dtype each call
         self.zstd = numcodecs.Zstd() if self.compressed else None
-        self.scratch = np.empty(spec.row_shape, dtype=self.dtype)  # decoded or stored values
+        # Decoded or stored values (page-aligned: a faster pread target).
+        self.scratch = page_aligned_empty(spec.row_shape, SERVED_AS[self.dtype]).numpy()
         self.chunk = bytearray(0)  # a compressed chunk as read (grown on demand)
         self.crc = bytearray(CHECKSUM_BYTES)
 
