@@ -349,16 +349,28 @@ def bench(
             "and reader speed side by side.",
         ),
     ] = None,
+    gpu_loader: Annotated[
+        bool,
+        typer.Option(
+            "--gpu-loader",
+            help="Only measure PrebakedLoader(device='cuda') on STORE against DataLoader("
+            "num_workers=8, pin_memory=True) and check its batches equal the CPU path's on the "
+            "device (needs CUDA; scripts/gpu_loader_check.sh).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
-    run); build scaling, discovery, appends and store schemas on request."""
+    """Measure reader speed against the memmap floor, zarr-python and on-the-fly, and
+    PrebakedLoader against DataLoader(num_workers=2) and the floor (ratios, one run); build
+    scaling, discovery, appends and store schemas on request. Exits 1 when a target is missed."""
     from prebake.bench import failed, format_bench, run_bench
 
     if store is None and build_src is None and discovery is None and not append and not schemas:
         _fail("give a store (reader), --build-src, --discovery N, --append or --schemas SRC")
     if store is None and src is not None:
         _fail("--src times the reader's on-the-fly comparison: give a store too")
+    if gpu_loader and store is None:
+        _fail("--gpu-loader measures the loader on a store: give one")
     try:
         results = run_bench(
             store,
@@ -368,6 +380,7 @@ def bench(
             discovery_files=discovery,
             append=append,
             schemas_src=schemas,
+            gpu_loader=gpu_loader,
         )
     except PrebakeError as error:
         _fail(str(error))

@@ -21,9 +21,15 @@ def run_bench(
     discovery_files: int | None = None,
     append: bool = False,
     schemas_src: Path | None = None,
+    gpu_loader: bool = False,
 ) -> dict[str, Any]:
     """The reader (on `store`), build, discovery, append and schema measurements asked for."""
     results: dict[str, Any] = {}
+    if store is not None and gpu_loader:  # on its own: a short check for a CUDA machine
+        from prebake.bench.gpu_loader import bench_gpu_loader
+
+        results["gpu_loader"] = bench_gpu_loader(store)
+        return results
     if store is not None:
         from prebake.bench.reader import bench_reader
 
@@ -56,6 +62,10 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.reader import format_reader
 
         lines += format_reader(results["reader"])
+    if "gpu_loader" in results:
+        from prebake.bench.gpu_loader import format_gpu_loader
+
+        lines += format_gpu_loader(results["gpu_loader"])
     if "loader" in results:
         from prebake.bench.loader import format_loader
 

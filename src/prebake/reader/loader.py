@@ -68,7 +68,7 @@ class PrebakedLoader:
     **a CPU batch stays valid until the batch after the next one is requested** (batch i is
     refilled from the request of batch i + 2 on); `.clone()` what must live longer. With
     `pin_memory=True` (a CUDA machine) those buffers are pinned. With `device="cuda"` (or
-    "cuda:N") each batch is a set of fresh device tensors, valid as long as they are held:
+    "cuda:N") every tensor of a batch is a fresh device tensor, valid as long as it is held:
     uint8 data cross PCIe as uint8 from pinned buffers (`pin_memory` defaults to True) with
     non-blocking copies on a side stream, and become float32 on the device (a v2 store's
     `pixel_values` through the 3 x 256 normalization table, `masks` as 0.0/1.0), values
@@ -224,7 +224,13 @@ class PrebakedLoader:
                         # Overlap the next batch's copy with the caller's work on this one.
                         count = len(plan[step + 1])
                         copying[step + 1] = copies.start(ring[(step + 1) % len(ring)], count)
-                batch = {**fields, **default_collate(metadata)}
+                collated = default_collate(metadata)
+                if copies is not None:  # frame_index, masklet_id, present: a few bytes
+                    collated = {
+                        key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                        for key, value in collated.items()
+                    }
+                batch = {**fields, **collated}
                 self._handed += len(items)
                 yield batch
         finally:
