@@ -198,7 +198,7 @@ class PrebakedLoader:
         ring = self._buffers()
         copies = self._device_copies()
         pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="prebake-loader")
-        filling: dict[int, list[Future[dict[str, Any]]]] = {}
+        filling: dict[int, list[Future[list[dict[str, Any]]]]] = {}
         copying: dict[int, tuple[dict[str, torch.Tensor], Any]] = {}
         submitted = 0
         try:
@@ -206,12 +206,14 @@ class PrebakedLoader:
                 while submitted < len(plan) and submitted <= step + self.prefetch:
                     buffers = ring[submitted % len(ring)]
                     buffers.wait_copied()
+                    items_of = list(enumerate(plan[submitted]))
+                    share = -(-len(items_of) // self.num_threads)  # a task per thread
                     filling[submitted] = [
-                        pool.submit(self.dataset.read_into, index, buffers.slot(slot))
-                        for slot, index in enumerate(plan[submitted])
+                        pool.submit(self._fill, buffers, items_of[start : start + share])
+                        for start in range(0, len(items_of), share)
                     ]
                     submitted += 1
-                metadata = [future.result() for future in filling.pop(step)]
+                metadata = [meta for future in filling.pop(step) for meta in future.result()]
                 buffers = ring[step % len(ring)]
                 if copies is None:
                     fields = {name: t[: len(items)] for name, t in buffers.tensors.items()}
@@ -241,6 +243,10 @@ class PrebakedLoader:
             finished = self._handed == self._pass_items
             self.cursor = start.after(self._handed, self.world_size, finished)
             self._active = None
+
+    def _fill(self, buffers: BatchBuffers, items: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """In a thread: read (slot, dataset index) pairs into their slots; their metadata."""
+        return [self.dataset.read_into(index, buffers.slot(slot)) for slot, index in items]
 
     def _buffers(self) -> list[BatchBuffers]:
         if self._ring is None:

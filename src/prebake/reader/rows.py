@@ -217,6 +217,7 @@ class ShardRows:
         self.scratch = page_aligned_empty(spec.row_shape, SERVED_AS[self.dtype]).numpy()
         self.chunk = bytearray(0)  # a compressed chunk as read (grown on demand)
         self.crc = bytearray(CHECKSUM_BYTES)
+        self.paths: dict[int, Path] = {}  # shard -> file (pathlib joins cost more than a read)
 
     def read_into(self, row: int, out: np.ndarray) -> None:
         shard, local = divmod(row, self.layout.rows_per_shard)
@@ -264,7 +265,11 @@ class ShardRows:
             np.copyto(out, values, casting="unsafe")  # uint8 -> float32 by numpy (fast)
 
     def _path(self, shard: int) -> Path:
-        return self.store / shard_key(self.spec.name, 1 + len(self.spec.row_shape), shard)
+        path = self.paths.get(shard)
+        if path is None:
+            key = shard_key(self.spec.name, 1 + len(self.spec.row_shape), shard)
+            path = self.paths[shard] = self.store / key
+        return path
 
 
 class ZarrRows:
