@@ -1,7 +1,9 @@
-# Quick start: `make demo`, then `make test`. Both create .venv on first use.
+# Quick start: `make demo`, then `make test`. Both create .venv on first use: `make demo`
+# installs the package alone, `make test` adds the dev tools (pytest, ruff, mypy, dask, moto).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+DEV := $(VENV)/.dev-installed
 
 .PHONY: demo test lint bench clean
 
@@ -11,6 +13,10 @@ $(BIN)/prebake: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU wheel first: a bare torch requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(DEV): $(BIN)/prebake
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# Pillow 12 beside the pinned 13, for tests of the Pillow-12 pass-order rule (tests/reference/pillow12.py).
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/pillow12 'pillow==12.3.*'
@@ -19,7 +25,7 @@ $(BIN)/prebake: pyproject.toml
 demo: $(BIN)/prebake
 	$(BIN)/prebake demo --out demo-out
 
-lint: $(BIN)/prebake
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src/prebake

@@ -112,13 +112,20 @@ def test_errors_import_nothing_of_the_package() -> None:
     assert import_graph()["prebake.errors"] == set()
 
 
+# The worker side of a build: the unit, and the resizers only it runs (Pillow, or torch on a device).
+WORKER_SIDE = {"prebake.build.unit", "prebake.build.resizing"}
+
+
 def test_the_worker_side_knows_no_executor() -> None:
     """Executors run `prebake.build.unit`; the unit knows neither them nor the orchestration."""
     graph = import_graph()
     assert "prebake.build.unit" in graph["prebake.build.pool"]
     assert "prebake.build.unit" in graph["prebake.build.dask"]
-    above = {name for name in graph if name.startswith("prebake.build")} - {"prebake.build.unit"}
+    above = {name for name in graph if name.startswith("prebake.build")} - WORKER_SIDE
     assert reachable(graph, "prebake.build.unit") & above == set()
+    assert reachable(graph, "prebake.build.unit") & WORKER_SIDE == WORKER_SIDE - {
+        "prebake.build.unit"
+    }
 
 
 def test_no_module_is_over_600_lines() -> None:

@@ -2,21 +2,31 @@
 
 Exit codes: 0 done, 1 done but problems found (videos that failed to bake, source links that
 cannot be followed, baked videos whose source changed or vanished, a store that fails
-verification), 2 could not run (bad arguments, no store, store locked or built otherwise),
-130 interrupted. Errors are one line on stderr, never a traceback.
+verification, a benchmark target missed), 2 could not run (bad arguments, no store, store locked
+or built otherwise, an object store that cannot be reached or used), 130 interrupted. Errors are
+one line on stderr, never a traceback; `--json` results are one document on stdout.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from prebake.bench.targets import targets_help
+from prebake.build.options import (
+    DEFAULT_FRAMES_PER_SHARD,
+    DEFAULT_ITEMS_PER_SHARD,
+    DEFAULT_LAYOUT,
+    DEFAULT_MASKLETS,
+    LAYOUT_CHOICES,
+    MASKLET_CHOICES,
+)
 from prebake.errors import PrebakeError
+from prebake.transforms import DEFAULT_PILLOW_RULE, PILLOW_RULES
 from prebake.verify.checks import checks_help
 
 if TYPE_CHECKING:
@@ -41,6 +51,26 @@ StorageOptionsJson = Annotated[
         help='JSON object passed to fsspec for URLs, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'.',
     ),
 ]
+
+
+def _version(show: bool) -> None:
+    if show:
+        from prebake import __version__
+
+        typer.echo(f"prebake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Bake SA-V frames and masklets once into sharded Zarr v3 stores for Sa2VA-style training."""
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -83,14 +113,17 @@ def build(
     ],
     workers: Annotated[
         int | None,
-        typer.Option(help="Worker processes (default: the machine's cores).", min=1),
+        typer.Option(
+            help="Worker processes (default: the machine's cores; never more than the videos to bake).",
+            min=1,
+        ),
     ] = None,
     masklets: Annotated[
         str, typer.Option(help="Masklets to bake: manual (as SAM 2 trains), auto or all.")
-    ] = "manual",
+    ] = DEFAULT_MASKLETS,
     layout: Annotated[
         str, typer.Option(help="Source layout: auto (detect), train, frames or png.")
-    ] = "auto",
+    ] = DEFAULT_LAYOUT,
     limit: Annotated[
         int | None,
         typer.Option(
@@ -100,14 +133,16 @@ def build(
     ] = None,
     videos: Annotated[
         Path | None,
-        typer.Option(help="File listing the video ids to bake (or to add), one per line."),
+        typer.Option(
+            help="File listing the video ids to bake (or to add), one per line; blank lines and # comments are skipped."
+        ),
     ] = None,
     frames_per_shard: Annotated[
         int, typer.Option(help="Frames per shard file of the image arrays.", min=1)
-    ] = 64,
+    ] = DEFAULT_FRAMES_PER_SHARD,
     items_per_shard: Annotated[
         int, typer.Option(help="Items per shard file of the mask arrays.", min=1)
-    ] = 1024,
+    ] = DEFAULT_ITEMS_PER_SHARD,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start the store over, discarding what it holds.")
     ] = False,
@@ -139,36 +174,60 @@ def build(
             'print(PIL.__version__)"): 13 for Pillow 13 or later, 12 for 12 and earlier. The '
             "two run the BICUBIC passes in another order for portrait frames.",
         ),
-    ] = 13,
+    ] = DEFAULT_PILLOW_RULE,
+    resize: Annotated[
+        str,
+        typer.Option(
+            "--resize",
+            help="What runs the two BICUBIC image resizes: pillow (on the workers' CPU cores) or "
+            "torch (Pillow's arithmetic redone in torch, on --device, in batches of a video's "
+            "frames). The store's bytes are the same either way.",
+        ),
+    ] = "pillow",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Where --resize torch runs: cpu, cuda or cuda:N (each worker process uses it).",
+        ),
+    ] = "cpu",
     storage_options: StorageOptionsJson = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the report as one JSON document on stdout (counts, videos added, failed videos with reasons, bytes, seconds); progress stays on stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Bake every annotated frame and (frame, masklet) item under --src into the store --out."""
     from prebake.build import BuildInterrupted, BuildOptions
     from prebake.build import build as run_build
+    from prebake.build.options import default_workers, read_video_ids
 
     if dask is not None and workers is not None:
         _fail("--workers and --dask exclude each other (size a local cluster with --dask local:N)")
     options_of_fsspec = _storage_options(storage_options)
-    if masklets not in ("manual", "auto", "all"):
-        _fail(f"--masklets must be manual, auto or all, not {masklets!r}")
-    if layout not in ("auto", "train", "frames", "png"):
-        _fail(f"--layout must be auto, train, frames or png, not {layout!r}")
-    if match_pillow not in (13, 12):
-        _fail(f"--match-pillow must be 13 or 12, not {match_pillow!r}")
+    if masklets not in MASKLET_CHOICES:
+        _fail(f"--masklets must be {_choices(MASKLET_CHOICES)}, not {masklets!r}")
+    if layout not in LAYOUT_CHOICES:
+        _fail(f"--layout must be {_choices(LAYOUT_CHOICES)}, not {layout!r}")
+    if match_pillow not in PILLOW_RULES:
+        _fail(f"--match-pillow must be {_choices(PILLOW_RULES)}, not {match_pillow!r}")
     field_names = None
     if fields is not None:
         field_names = [name.strip() for name in fields.split(",") if name.strip()]
     video_ids = None
     if videos is not None:
         try:
-            video_ids = [line.strip() for line in videos.read_text().splitlines() if line.strip()]
-        except OSError as error:
-            _fail(f"{videos}: cannot read ({error.strerror})")
+            video_ids = read_video_ids(videos)
+        except PrebakeError as error:
+            _fail(str(error))
     options = BuildOptions(
         src=src,
         out=out,
-        workers=workers or os.cpu_count() or 1,
+        workers=workers or default_workers(),
         masklets=masklets,
         layout=layout,
         limit=limit,
@@ -182,6 +241,8 @@ def build(
         dask=dask,
         pillow_rule=match_pillow,
         fields=field_names,
+        resize=resize,
+        device=device,
     )
     try:
         report = run_build(options)
@@ -189,7 +250,14 @@ def build(
         _fail(str(error), 130)
     except PrebakeError as error:
         _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        raise typer.Exit(1 if report.problems else 0)
     _print_build(report, out)
+
+
+def _choices(values: tuple[object, ...]) -> str:
+    return ", ".join(map(str, values[:-1])) + f" or {values[-1]}"
 
 
 def _print_build(report: BuildReport, out: str) -> None:
@@ -201,12 +269,17 @@ def _print_build(report: BuildReport, out: str) -> None:
         f"{report.videos} videos, {report.frames} frames, {report.items} items, "
         f"{_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame)"
     )
-    if report.built:
+    speed = f"in {report.seconds:.1f} s, {report.frames_per_second:.1f} frames/s"
+    if report.built and report.resumed:  # this run's work only; the store's totals after
+        typer.echo(
+            f"resumed {out}: baked {report.videos_baked} more videos, {report.frames_baked} "
+            f"frames {speed} ({report.resumed} videos were already baked); the store holds {held}"
+        )
+    elif report.built:
         typer.echo(
             f"baked {report.videos - report.videos_failed}/{report.videos} videos, {report.frames} frames, "
             f"{report.items} items into {out}: {_human_bytes(report.bytes)} ({_human_bytes(per_frame)} per frame) "
-            f"in {report.seconds:.1f} s, {report.frames_per_second:.1f} frames/s"
-            + (f" ({report.resumed} videos were already baked)" if report.resumed else "")
+            f"{speed}"
         )
     if report.added or report.retried:
         retried = (
@@ -273,6 +346,8 @@ def verify(
         )
     except PrebakeError as error:
         _fail(str(error))
+    except KeyboardInterrupt:  # here: click would print an empty line and "Aborted!"
+        _fail(f"{store}: verify interrupted; the store was not changed", 130)
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
     raise typer.Exit(0 if report.ok else 1)
 
@@ -316,7 +391,15 @@ def show(
     typer.echo(f"wrote {path}")
 
 
-@app.command()
+BENCH_HELP = (
+    "Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one "
+    "run); build scaling, discovery and appends on request.\n\n"
+    "Each of these targets is printed PASS or FAIL, and a FAIL exits 1; every other figure is "
+    "a measurement:\n\n" + targets_help()
+)
+
+
+@app.command(help=BENCH_HELP)
 def bench(
     store: Annotated[
         Path | None, typer.Argument(help="Store to measure the reader on (optional).")
@@ -349,6 +432,19 @@ def bench(
             "and reader speed side by side.",
         ),
     ] = None,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu",
+            help="Also run the GPU check (scripts/gpu_check.sh): resize ms per frame on the GPU "
+            "against Pillow on one core, whole builds with every core (--resize torch --device "
+            "cuda against Pillow), the two stores compared byte for byte. Exit 1 if any byte "
+            "differs.",
+        ),
+    ] = False,
+    gpu_device: Annotated[
+        str, typer.Option("--gpu-device", help="The CUDA device of --gpu: cuda or cuda:N.")
+    ] = "cuda",
     gpu_loader: Annotated[
         bool,
         typer.Option(
@@ -362,11 +458,15 @@ def bench(
 ) -> None:
     """Measure reader speed against the memmap floor, zarr-python and on-the-fly, and
     PrebakedLoader against DataLoader(num_workers=2) and the floor (ratios, one run); build
-    scaling, discovery, appends and store schemas on request. Exits 1 when a target is missed."""
-    from prebake.bench import failed, format_bench, run_bench
+    scaling, discovery, appends, store schemas and the GPU checks on request."""
+    from prebake.bench import format_bench, run_bench
+    from prebake.bench.targets import failed
 
-    if store is None and build_src is None and discovery is None and not append and not schemas:
-        _fail("give a store (reader), --build-src, --discovery N, --append or --schemas SRC")
+    asked = (store, build_src, discovery, schemas)
+    if all(value is None for value in asked) and not append and not gpu:
+        _fail("give a store (reader), --build-src, --discovery N, --append, --schemas SRC or --gpu")
+    if gpu and not gpu_device.startswith("cuda"):
+        _fail(f"--gpu-device must be cuda or cuda:N, not {gpu_device!r}")
     if store is None and src is not None:
         _fail("--src times the reader's on-the-fly comparison: give a store too")
     if gpu_loader and store is None:
@@ -380,12 +480,21 @@ def bench(
             discovery_files=discovery,
             append=append,
             schemas_src=schemas,
+            gpu=gpu_device if gpu else None,
+            echo=lambda line: typer.echo(line, err=True),
             gpu_loader=gpu_loader,
         )
     except PrebakeError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=2) if as_json else format_bench(results))
-    if failed(results):
+    missed = failed(results)
+    if "gpu" in results:
+        from prebake.bench.gpu import passed
+
+        if not passed(results["gpu"]):
+            missed.append("GPU check: the torch store differs from the Pillow store")
+    if missed:
+        typer.echo(f"prebake: {len(missed)} targets missed: {'; '.join(missed)}", err=True)
         raise typer.Exit(1)
 
 
@@ -406,8 +515,16 @@ def demo(
 
 
 def main() -> None:
+    from prebake.storage import storage_problem
+
     try:
         app()
     except KeyboardInterrupt:
         typer.echo("prebake: interrupted", err=True)
         sys.exit(130)
+    except Exception as error:  # the last resort for an object store that cannot be used
+        reason = storage_problem(error)
+        if reason is None:
+            raise
+        typer.echo(f"prebake: {reason}", err=True)
+        sys.exit(2)

@@ -14,7 +14,7 @@ from typing import Any
 
 from prebake import decoding
 from prebake.errors import StoreError
-from prebake.storage import RemotePath, StorageOptions, list_names, tree_bytes
+from prebake.storage import RemotePath, StorageOptions, list_names, missing, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.schema import (
     DATA_ARRAYS,
@@ -73,9 +73,10 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
     `path` may be an fsspec URL; `storage_options` go to fsspec."""
     store = StoreDir(path, storage_options)
     if not store.path.exists():
-        raise StoreError(f"{store.path}: no such store")
+        raise StoreError(f"{store.path}: {missing(store.path, 'store')}")
     attrs = store.attrs()
     if attrs is None:
+        store.require_complete()  # raises: not a store, or one whose build is still planning
         raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
     params = attrs.get("params", {})
     version = store_version(attrs)
@@ -108,6 +109,23 @@ def store_info(path: str | Path, storage_options: StorageOptions | None = None) 
         "source": attrs.get("source", {}),
         "build": attrs.get("build", {}),
         "appends": attrs.get("appends", []),
+        "progress": _progress(store) if attrs.get("state") != "complete" else None,
+    }
+
+
+def _progress(store: StoreDir) -> dict[str, Any]:
+    """How far the build of an incomplete store got: videos planned, and committed (a record
+    each), and the build running now ({host, pid, since}; None: it stopped, rerun it)."""
+    from prebake.store.lock import live_build
+
+    plan = store.read_plan() or {}
+    committed = 0
+    if store.units_dir.is_dir():
+        committed = sum(name.endswith(".json") for name in list_names(store.units_dir))
+    return {
+        "videos_planned": len(plan.get("units", [])),
+        "videos_committed": committed,
+        "running": live_build(store.lock_path),
     }
 
 
@@ -130,6 +148,18 @@ def format_info(info: dict[str, Any]) -> str:
         )
     else:
         lines.append("  counts: not yet known (the build has not finished)")
+    progress = info.get("progress")
+    if progress:
+        running = progress["running"]
+        lines.append(
+            f"  build: {progress['videos_committed']} of {progress['videos_planned']} videos "
+            "committed; "
+            + (
+                f"running now (host {running.get('host')}, pid {running.get('pid')})"
+                if running
+                else "no build is running (rerun the same prebake build to finish it)"
+            )
+        )
     capacity = info["capacity"]
     lines.append(
         f"  rows: {capacity['frame_rows']} frame rows, {capacity['item_rows']} item rows (shard-aligned per video)"
@@ -189,6 +219,7 @@ def format_info(info: dict[str, Any]) -> str:
     if build.get("finished"):
         lines.append(
             f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {build.get('workers')} workers"
+            + _resized_by(build)
         )
     else:
         lines.append(f"build: started {build.get('started')}, not finished")
@@ -197,6 +228,7 @@ def format_info(info: dict[str, Any]) -> str:
             f"append: {grown.get('started')}, {grown.get('videos_added')} videos added, "
             f"{grown.get('videos_retried')} retried, {grown.get('seconds')} s "
             f"(videos filter {grown.get('videos_filter')}, limit {grown.get('limit')})"
+            + _resized_by(grown)
         )
     failures = info["failures"]
     if failures:
@@ -211,3 +243,8 @@ def format_info(info: dict[str, Any]) -> str:
 
 def _shape(values: list[int] | None) -> str:
     return "x".join(str(v) for v in values) if values else "?"
+
+
+def _resized_by(run: dict[str, Any]) -> str:
+    """What resized a run's images (recorded since --resize exists; the bytes are the same)."""
+    return f"; images resized by {', '.join(run['resize'])}" if run.get("resize") else ""

@@ -10,22 +10,137 @@ remote must differ (commits, shard uploads, the lock, memory-mapped reads) ask
 
 fsspec is imported only for URLs. Storage options (endpoint, credentials) travel beside a path,
 never inside a plan, a record or a store's attributes.
+
+Errors of the object store's client (botocore, aiohttp, ...) that say the storage cannot be
+used at all (an endpoint that cannot be reached, no or refused credentials, access denied, a
+missing bucket) become one-line `StoreError`s naming the URL, here and only here
+(`storage_problem`): every `RemotePath` method raises them, and the command line's last resort
+asks `storage_problem` too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from prebake.errors import PrebakeError
+from prebake.errors import PrebakeError, StoreError, one_line
 
 StorageOptions = dict[str, Any]
+Result = TypeVar("Result")
+
+_UNREACHABLE = {  # class names (botocore, aiobotocore, aiohttp): the endpoint cannot be reached
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ProxyConnectionError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+}
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}
+_CREDENTIALS_REFUSED = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AuthFailure",
+}
+_ACCESS_DENIED = {"AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
+_CLIENT_MODULES = {
+    "botocore",
+    "aiobotocore",
+    "s3fs",
+    "aiohttp",
+    "gcsfs",
+    "google",
+    "adlfs",
+    "azure",
+}
+
+
+def storage_problem(error: BaseException, *, remote: bool = False) -> str | None:
+    """Why an object store cannot be used, as one line, when `error` (raised by fsspec or its
+    storage client) says so: the endpoint cannot be reached, credentials are missing or refused,
+    access is denied, the bucket does not exist. None for any other error (a missing object, a
+    damaged file: the caller's to handle). `remote`: `error` certainly came from an object
+    store, so a bare PermissionError or ConnectionError is its own (not a local file's or pipe's)."""
+    chain = [error]
+    if error.__cause__ is not None:  # s3fs raises OSErrors caused by botocore's ClientError
+        chain.append(error.__cause__)
+    names = {cls.__name__ for cause in chain for cls in type(cause).__mro__}
+    text = one_line(str(error)) or type(error).__name__
+    code, bucket = _client_error(chain)
+    if names & _NO_CREDENTIALS:
+        return (
+            f"no credentials for the object store ({text}); give them in --storage-options "
+            "(storage_options=) or where its client looks (for S3: AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role)"
+        )
+    network = isinstance(error, ConnectionError | TimeoutError | socket.gaierror)
+    if names & _UNREACHABLE or (remote and network):  # a local broken pipe is no network's
+        return (
+            f"cannot reach the object store ({text}); check the endpoint (endpoint_url in "
+            "--storage-options) and the network"
+        )
+    if code == "NoSuchBucket":
+        return f"bucket {bucket!r} does not exist" if bucket else "the bucket does not exist"
+    if code in _CREDENTIALS_REFUSED:
+        return f"the object store refused the credentials ({code}: {text})"
+    if code in _ACCESS_DENIED or (remote and isinstance(error, PermissionError)):
+        return f"access denied ({text}); check the credentials and the bucket's permissions"
+    if isinstance(error, OSError) and code is None:
+        return None  # missing objects, full disks, local files...: the caller's
+    if type(error).__module__.split(".")[0] in _CLIENT_MODULES:
+        return f"the object store failed: {type(error).__name__}: {text}"
+    return None
+
+
+def _client_error(chain: list[BaseException]) -> tuple[str | None, str | None]:
+    """(error code, bucket) of a botocore ClientError in `chain`."""
+    for cause in chain:
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            details = response["Error"]
+            return str(details.get("Code")), details.get("BucketName")
+    return None, None
+
+
+def _translated(method: Callable[..., Result]) -> Callable[..., Result]:
+    """A `RemotePath` method whose storage errors (`storage_problem`) are one-line
+    StoreErrors naming its URL."""
+
+    @functools.wraps(method)
+    def translated(self: RemotePath, *args: Any, **kwargs: Any) -> Result:
+        try:
+            return method(self, *args, **kwargs)
+        except PrebakeError:
+            raise
+        except Exception as error:
+            reason = storage_problem(error, remote=True)
+            if reason is None:
+                raise
+            raise StoreError(f"{self.url}: {reason}") from None
+
+    return translated
+
+
+def missing(path: Path | RemotePath, what: str) -> str:
+    """Why `path`, which does not exist, is missing, for a message: `no such <what>`, or that
+    its bucket does not exist. Ask after `path.exists()`, which raises when the object store
+    cannot be reached (an unreachable bucket only looks missing)."""
+    if isinstance(path, RemotePath):
+        bucket = path.bucket()
+        if bucket is not None and not path.bucket_exists():
+            return f"bucket {bucket!r} does not exist"
+    return f"no such {what}"
 
 
 def is_url(text: str) -> bool:
@@ -94,7 +209,7 @@ def parse_storage_options(text: str | None) -> StorageOptions:
 def read_range(path: Path | RemotePath, offset: int, nbytes: int) -> bytes:
     """`nbytes` bytes of a file from `offset` (fewer at its end); remote: one ranged GET."""
     if isinstance(path, RemotePath):
-        return bytes(path.fs.cat_file(path.path, start=offset, end=offset + nbytes))
+        return path.read_range(offset, offset + nbytes)
     with path.open("rb") as handle:
         handle.seek(offset)
         return handle.read(nbytes)
@@ -103,7 +218,7 @@ def read_range(path: Path | RemotePath, offset: int, nbytes: int) -> bytes:
 def read_tail(path: Path | RemotePath, nbytes: int) -> bytes:
     """The last `nbytes` bytes of a file (all of it when shorter); remote: one ranged GET."""
     if isinstance(path, RemotePath):
-        return bytes(path.fs.cat_file(path.path, start=-nbytes))
+        return path.read_range(-nbytes, None)
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         handle.seek(max(0, handle.tell() - nbytes))
@@ -132,15 +247,13 @@ def list_names(folder: Path | RemotePath) -> list[str]:
 def tree_bytes(folder: Path | RemotePath, skip: str) -> tuple[int, int]:
     """(bytes, files) under `folder`, leaving out any folder named `skip`."""
     if isinstance(folder, RemotePath):
-        folder.fs.invalidate_cache(folder.path)
-        sizes = folder.fs.find(folder.path, detail=True)
+        listed_files, _ = folder.listing_entries()
         kept = [
-            info["size"]
-            for name, info in sizes.items()
-            if info.get("type") != "directory"
-            and skip not in PurePosixPath(name).relative_to(folder.path).parts[:-1]
+            size
+            for name, (size, _) in listed_files.items()
+            if skip not in PurePosixPath(name).relative_to(folder.path).parts[:-1]
         ]
-        return sum(int(size) for size in kept), len(kept)
+        return sum(kept), len(kept)
     total = files = 0
     for parent, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if d != skip]
@@ -262,6 +375,13 @@ class RemotePath:
     def resolve(self) -> RemotePath:
         return self
 
+    def bucket(self) -> str | None:
+        """The bucket (container) of an object store's path; None where paths have a root
+        folder instead (memory://, ...)."""
+        if getattr(self.fs, "root_marker", "/") != "":
+            return None
+        return self.path.split("/", 1)[0] or None
+
     # -- asking ----------------------------------------------------------------------------------
     def _fresh(self) -> Any:
         """The filesystem, its cached listings of this path dropped: other processes (workers,
@@ -269,6 +389,7 @@ class RemotePath:
         self.fs.invalidate_cache(self.path)
         return self.fs
 
+    @_translated
     def listed(self) -> RemotePath:
         found = self._fresh().find(self.path, detail=True, withdirs=True)
         files = {
@@ -313,26 +434,31 @@ class RemotePath:
     def _under(self, path: str) -> bool:
         return path == self.path or path.startswith(self.path + "/")
 
+    @_translated
     def exists(self) -> bool:
         if self._listing is not None:
             return self.path in self._listing.files or self.path in self._listing.folders
         return bool(self._fresh().exists(self.path))
 
+    @_translated
     def is_file(self) -> bool:
         if self._listing is not None:
             return self.path in self._listing.files
         return bool(self._fresh().isfile(self.path))
 
+    @_translated
     def is_dir(self) -> bool:
         if self._listing is not None:
             return self.path in self._listing.folders
         return bool(self._fresh().isdir(self.path))
 
+    @_translated
     def stat(self) -> RemoteStat:
         if self._listing is not None and self.path in self._listing.files:
             return RemoteStat(self._listing.files[self.path])
         return RemoteStat(int(self._fresh().info(self.path)["size"]))
 
+    @_translated
     def iterdir(self) -> Iterator[RemotePath]:
         if self._listing is not None:
             names = self._listing.children(self.path)
@@ -348,27 +474,42 @@ class RemotePath:
         """Children whose name matches `pattern` (one level, as prebake's patterns need)."""
         return iter([p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern)])
 
+    @_translated
+    def bucket_exists(self) -> bool:
+        bucket = self.bucket()
+        return bucket is None or bool(self._fresh().exists(bucket))
+
     # -- reading and writing --------------------------------------------------------------------
+    @_translated
+    def read_range(self, start: int, end: int | None) -> bytes:
+        """Bytes `start` to `end` of the object (negative: from its end); one ranged GET."""
+        return bytes(self.fs.cat_file(self.path, start=start, end=end))
+
+    @_translated
     def open(self, mode: str = "r", **options: Any) -> IO[Any]:
         # Fresh: an object rewritten since it was listed (a store that grew) must not be
         # opened by a cached ETag, which S3 refuses.
         return self._fresh().open(self.path, mode, **options)
 
+    @_translated
     def read_bytes(self) -> bytes:
         return bytes(self.fs.cat_file(self.path))
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
 
+    @_translated
     def write_bytes(self, data: bytes, *, exclusive: bool = False) -> None:
         """One PUT: the object appears whole or not at all. `exclusive` refuses to replace an
         existing object (FileExistsError): atomic on S3 (If-None-Match), checked elsewhere."""
         self.fs.pipe_file(self.path, data, mode="create" if exclusive else "overwrite")
 
+    @_translated
     def upload(self, local: Path) -> None:
         """Put a local file here as one object (a multipart upload is atomic too)."""
         self.fs.put_file(str(local), self.path)
 
+    @_translated
     def unlink(self, missing_ok: bool = False) -> None:
         try:
             self.fs.rm_file(self.path)
@@ -376,6 +517,7 @@ class RemotePath:
             if not missing_ok:
                 raise
 
+    @_translated
     def rmtree(self) -> None:
         if self._fresh().exists(self.path):
             self.fs.rm(self.path, recursive=True)

@@ -1,11 +1,19 @@
-"""The reliability source (three-object videos of unequal lengths) and its uninterrupted store."""
+"""The reliability source (three-object videos of unequal lengths, and one frame-folder video
+that a test can hold open: `held_frame`) and its uninterrupted store."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.runs import FRAMES_PER_SHARD, ITEMS_PER_SHARD
+from helpers.runs import (
+    FRAMES_PER_SHARD,
+    HELD_VIDEO,
+    ITEMS_PER_SHARD,
+    HeldFrame,
+    frame_held,
+)
 from helpers.stores import build_store, three_object_videos
 
 from prebake.demo import SampleVideo, write_sample
@@ -16,9 +24,23 @@ def _videos() -> list[SampleVideo]:
     return three_object_videos("sav_7000", 240, 176, first_length=26, step=3)
 
 
+def held_video() -> SampleVideo:
+    shape = _videos()[0]
+    return SampleVideo(HELD_VIDEO, shape.width, shape.height, 9, shape.objects)
+
+
 @pytest.fixture(scope="session")
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample(tmp_path_factory.mktemp("reliability") / "src", "train", _videos())
+    root = write_sample(tmp_path_factory.mktemp("reliability") / "src", "train", _videos())
+    write_sample(root / "frames", "frames", [held_video()])
+    return root
+
+
+@pytest.fixture
+def held_frame(src: Path) -> Iterator[HeldFrame]:
+    """Frame 8 of HELD_VIDEO as a named pipe: its unit blocks there, its first shard written."""
+    with frame_held(src / "frames" / "JPEGImages" / HELD_VIDEO) as held:
+        yield held
 
 
 @pytest.fixture(scope="session")

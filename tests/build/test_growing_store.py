@@ -10,9 +10,7 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 from helpers.processes import children_of, kill9
+from helpers.runs import frame_held, wait_for
 from helpers.stores import CLI, items_by_key, text_column, video_ids
 from reference.expected import assert_store_matches, expected_items
 
@@ -177,40 +176,6 @@ def test_a_grown_store_equals_a_fresh_build(tmp_path: Path) -> None:
     assert files_of(out) == after
 
 
-@contextmanager
-def frame_held(src: Path) -> Iterator[Path]:
-    """A FIFO in place of frame 4 of HELD: the worker baking it blocks opening it. The frame
-    folder's mtime is put back each time, so the video's fingerprint is that of its real files."""
-    folder = src / "frames" / "JPEGImages" / HELD
-    frame = folder / "00004.jpg"
-    saved, stamp = frame.read_bytes(), folder.stat()
-    frame.unlink()
-    os.mkfifo(frame)
-    os.utime(folder, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    try:
-        yield frame
-    finally:
-        frame.unlink()
-        frame.write_bytes(saved)
-        os.utime(folder, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-
-
-def reader_open(fifo: Path, process: subprocess.Popen[str]) -> int:
-    """Wait until someone opens `fifo` to read it; return our writing end (kept open, so the
-    reader stays blocked until we close it)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: no reader yet
-            if process.poll() is not None:
-                pytest.fail(f"build ended (exit {process.returncode}) before reading {fifo}")
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"timed out waiting for the build to read {fifo}")
-            time.sleep(0.01)
-
-
 def all_items(store: Path) -> list[dict[str, Any]]:
     dataset = PrebakedDataset(store)
     return [dataset[i] for i in range(len(dataset))]
@@ -236,23 +201,19 @@ def test_kill_during_an_append_then_rerun(tmp_path: Path) -> None:
     before = files_of(out)
     add_videos(src, ADDED)
     units = out / BUILD_DIR / "units"
-    with frame_held(src) as fifo:
+    with frame_held(src / "frames" / "JPEGImages" / HELD, "00004.jpg") as held:
         process = subprocess.Popen(
             command(src, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        writer = reader_open(fifo, process)
-        try:
-            # Held inside the append: sav_100000 (index 4) is baked, HELD (index 5) is not.
-            deadline = time.monotonic() + 60
-            while not (units / "0000004.json").is_file() and time.monotonic() < deadline:
-                time.sleep(0.01)  # its record is written once its result is back
-            assert (units / "0000004.json").is_file() and not (units / "0000005.json").exists()
-            assert StoreDir(out).require_complete()["counts"]["videos"] == 4
-            assert same_items(all_items(out), old_items), "readers keep the old content"
-            assert len(children_of(process.pid)) >= 1
-            kill9(process)
-        finally:
-            os.close(writer)
+        held.wait_read(process)
+        # Held inside the append: sav_100000 (index 4) is baked, HELD (index 5) is not.
+        record = units / "0000004.json"  # written once its result is back
+        wait_for(record.is_file, process, "the record of sav_100000")
+        assert not (units / "0000005.json").exists()
+        assert StoreDir(out).require_complete()["counts"]["videos"] == 4
+        assert same_items(all_items(out), old_items), "readers keep the old content"
+        assert len(children_of(process.pid)) >= 1
+        kill9(process)
         assert process.returncode == -9
         assert not (units / "0000005.json").exists()
     assert same_items(all_items(out), old_items)

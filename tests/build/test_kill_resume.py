@@ -1,6 +1,8 @@
 """Issue 5, resume: real `prebake build` processes killed (SIGKILL, a worker too), interrupted
 (SIGINT) or stopped by a full disk; every resumed store must be bitwise identical to an
-uninterrupted build."""
+uninterrupted build. Each signal lands while a unit is held open (a named pipe in place of one
+of its frames: `held_frame`), never in a window of time, and each test checks that the signal
+was seen and the held unit baked again."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.processes import children_of, kill9
 from helpers.runs import (
+    DEADLINE,
     FRAMES_PER_SHARD,
+    HELD_VIDEO,
+    HELD_VIDEO_FRAMES,
+    HeldFrame,
     planning_blocked,
     resume,
     run_build,
@@ -29,6 +34,22 @@ from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.plan import UnitPlan
 from prebake.store.schema import array_specs
 
+VIDEOS = 7  # six mp4s and HELD_VIDEO
+
+
+def planned_units(out: Path) -> list[UnitPlan]:
+    plan = json.loads((out / BUILD_DIR / "plan.json").read_text())
+    return [UnitPlan.from_json(unit) for unit in plan["units"]]
+
+
+def held_unit(out: Path) -> UnitPlan:
+    (unit,) = [u for u in planned_units(out) if u.video_id == HELD_VIDEO]
+    return unit
+
+
+def record_of(out: Path, unit: UnitPlan) -> Path:
+    return out / BUILD_DIR / "units" / f"{unit.index:07d}.json"
+
 
 def test_kill_during_planning_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "store.zarr"
@@ -37,50 +58,53 @@ def test_kill_during_planning_then_resume(src: Path, reference: Path, tmp_path: 
         process = start_build(src, out, workers=2)
         wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers start")
         kill9(process)
+    assert process.returncode == -signal.SIGKILL
     assert lock.is_file() and not (out / BUILD_DIR / "plan.json").exists()
     with pytest.raises(StoreError, match="incomplete"):
         StoreDir(out).require_complete()
-    resume(src, out)
+    report = resume(src, out)
+    assert (report.resumed, report.videos_baked) == (0, VIDEOS)  # planned and baked afresh
     assert_same_store(out, reference)
 
 
-def test_kill_after_some_units_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
+def test_kill_inside_a_unit_then_resume(
+    src: Path, reference: Path, tmp_path: Path, held_frame: HeldFrame
+) -> None:
+    """Killed after six units are committed, inside the seventh: its first shard is in place,
+    its record is not. The resumed run keeps the six and bakes the seventh again."""
     out = tmp_path / "store.zarr"
     process = start_build(src, out)
-    wait_for(lambda: len(records(out)) >= 2, process, "two units are committed")
+    held_frame.wait_read(process)
+    unit = held_unit(out)
+    first_shard = StoreDir(out).shard_path(
+        array_specs()["g_pixel_values"], unit.frame_row // FRAMES_PER_SHARD
+    )
+    wait_for(lambda: len(records(out)) == VIDEOS - 1, process, "the other units are committed")
+    wait_for(first_shard.is_file, process, "the held unit's first shard is in place")
+    assert not record_of(out, unit).exists()
     kill9(process)
-    assert 2 <= len(records(out)) < 6
-    resume(src, out)
-    assert_same_store(out, reference)
-
-
-def test_kill_inside_a_unit_then_resume(src: Path, reference: Path, tmp_path: Path) -> None:
-    """Some shards of a unit are in place, its record is not: the unit is redone."""
-    out = tmp_path / "store.zarr"
-    plan_path = out / BUILD_DIR / "plan.json"
-    process = start_build(src, out)
-    wait_for(plan_path.is_file, process, "the plan is written")
-    units = [UnitPlan.from_json(u) for u in json.loads(plan_path.read_text())["units"]]
-    # Units are baked longest first: the last in plan order is the first baked.
-    unit = max(units, key=lambda u: (len(u.frame_indices), -u.index))
-    second_shard = unit.frame_row // FRAMES_PER_SHARD + 1
-    shard = StoreDir(out).shard_path(array_specs()["g_pixel_values"], second_shard)
-    record = out / BUILD_DIR / "units" / f"{unit.index:07d}.json"
-    wait_for(shard.is_file, process, "a unit's second shard is written")
-    kill9(process)
-    assert shard.is_file() and not record.exists(), "the kill was meant to land inside the unit"
-    resume(src, out)
+    assert process.returncode == -signal.SIGKILL
+    assert len(records(out)) == VIDEOS - 1 and not record_of(out, unit).exists()
+    held_frame.restore()
+    report = resume(src, out)
+    assert (report.resumed, report.videos_baked) == (VIDEOS - 1, 1)
+    assert report.frames_baked == HELD_VIDEO_FRAMES
     assert_same_store(out, reference)
 
 
 def test_kill_with_two_workers_then_resume_with_two(
-    src: Path, reference: Path, tmp_path: Path
+    src: Path, reference: Path, tmp_path: Path, held_frame: HeldFrame
 ) -> None:
     out = tmp_path / "store.zarr"
     process = start_build(src, out, workers=2)
-    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
+    held_frame.wait_read(process)
+    unit = held_unit(out)
     kill9(process)
-    resume(src, out, workers=2)
+    assert process.returncode == -signal.SIGKILL and not record_of(out, unit).exists()
+    committed = len(records(out))
+    held_frame.restore()
+    report = resume(src, out, workers=2)
+    assert report.resumed == committed and report.videos_baked == VIDEOS - committed >= 1
     assert_same_store(out, reference)
 
 
@@ -93,19 +117,25 @@ def test_two_workers_give_the_same_store_as_one(src: Path, reference: Path, tmp_
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_stops_cleanly_and_resumes(
-    src: Path, reference: Path, tmp_path: Path, workers: int
+    src: Path, reference: Path, tmp_path: Path, workers: int, held_frame: HeldFrame
 ) -> None:
     out = tmp_path / "store.zarr"
     process = start_build(src, out, workers=workers)
-    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
+    held_frame.wait_read(process)
+    unit = held_unit(out)
     os.killpg(process.pid, signal.SIGINT)  # the whole group, as a terminal's Ctrl-C
-    _, stderr = process.communicate(timeout=30)
+    _, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 130, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert "interrupted" in lines[0] and "run the same command again to resume" in lines[0]
+    committed = len(records(out))
+    assert f"{committed} of {VIDEOS} videos are committed" in lines[0]
+    assert not record_of(out, unit).exists(), "the held unit was in flight"
+    left = [u for u in planned_units(out) if not record_of(out, u).exists()]
     assert "Traceback" not in stderr
     assert (out / BUILD_DIR / "lock").read_text() == "", "the lock was not released"
+    held_frame.restore()
     # Another setting is refused on the incomplete store; the same command finishes it.
     other = run_build(src, out, "--frames-per-shard", "3", workers=workers)
     assert other.returncode == 2
@@ -113,6 +143,10 @@ def test_ctrl_c_stops_cleanly_and_resumes(
     assert len(other.stderr.strip().splitlines()) == 1
     again = run_build(src, out, workers=workers)
     assert again.returncode == 0, again.stderr
+    # The summary counts this run's videos and frames, not the store's.
+    frames_left = sum(len(u.frame_indices) for u in left)
+    assert f"baked {len(left)} more videos, {frames_left} frames in " in again.stdout, again.stdout
+    assert f"({committed} videos were already baked)" in again.stdout
     assert_same_store(out, reference)
 
 
@@ -122,9 +156,8 @@ def test_ctrl_c_while_planning(src: Path, reference: Path, tmp_path: Path) -> No
     with planning_blocked(src):
         process = start_build(src, out, workers=2)
         wait_for(lambda: len(children_of(process.pid)) >= 2, process, "the workers start")
-        time.sleep(0.1)  # the workers are starting: importing their modules
         os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     lines = stderr.strip().splitlines()
@@ -169,20 +202,21 @@ def test_disk_full_stops_the_build_and_resumes(
 
 
 def test_a_worker_killed_mid_unit_does_not_stop_the_build(
-    src: Path, reference: Path, tmp_path: Path
+    src: Path, reference: Path, tmp_path: Path, held_frame: HeldFrame
 ) -> None:
     """A worker that dies (a decoder crash, the OOM killer) costs only a retry: the units it
     may have been baking are redone each in a worker of its own, and the store is whole."""
     out = tmp_path / "store.zarr"
     process = start_build(src, out, workers=2)
-    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
-    workers = [
-        pid
-        for pid in children_of(process.pid)
-        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    assert workers
-    os.kill(workers[0], signal.SIGKILL)
-    _, stderr = process.communicate(timeout=120)
+    held_frame.wait_read(process)
+    (worker,) = held_frame.wait_readers(process.pid, process)
+    unit = held_unit(out)
+    held_frame.restore()  # the retry reads the real frame; the killed worker never got it
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 0, stderr
+    assert not Path(f"/proc/{worker}").exists()
+    # The held unit's worker never read its frame 8: the store holds the video whole (as the
+    # reference does), so the unit was baked again after the kill.
+    assert unit.video_id == HELD_VIDEO
     assert_same_store(out, reference)

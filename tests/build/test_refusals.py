@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 from helpers.processes import kill9
-from helpers.runs import planning_blocked, resume, run_build, start_build, wait_for
+from helpers.runs import (
+    DEADLINE,
+    HELD_VIDEO,
+    HeldFrame,
+    frame_held,
+    planning_blocked,
+    resume,
+    run_build,
+    start_build,
+    wait_for,
+)
 from helpers.stores import CLI, assert_same_store, build_store, records
 
 from prebake.build import BuildOptions, build
@@ -138,9 +148,11 @@ def test_refuses_a_folder_that_is_not_a_store(
 def incomplete(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store whose build was killed mid-bake (do not modify it)."""
     out = tmp_path_factory.mktemp("incomplete") / "store.zarr"
-    process = start_build(src, out)
-    wait_for(lambda: len(records(out)) >= 1, process, "a unit is committed")
-    kill9(process)
+    with frame_held(src / "frames" / "JPEGImages" / HELD_VIDEO) as held:
+        process = start_build(src, out)
+        held.wait_read(process)  # the last unit is held: the build cannot finish
+        kill9(process)
+    assert process.returncode == -9 and len(records(out)) < 7
     return out
 
 
@@ -158,6 +170,36 @@ def test_verify_refuses_an_incomplete_store(incomplete: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_verify_and_info_on_a_store_a_running_build_holds(
+    src: Path, tmp_path: Path, held_frame: HeldFrame
+) -> None:
+    """While a build runs, verify says so (host, pid) and info shows its progress; once it is
+    killed, verify says to rerun it and info that no build runs."""
+    out = tmp_path / "store.zarr"
+    process = start_build(src, out)
+    held_frame.wait_read(process)
+    wait_for(lambda: len(records(out)) == 6, process, "the six other videos are committed")
+    holder = f"host {socket.gethostname()}, pid {process.pid}"
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=DEADLINE)
+
+    verified = command("verify", str(out))
+    assert verified.returncode == 2 and verified.stderr.count("\n") == 1, verified.stderr
+    assert f"store is being built right now ({holder}" in verified.stderr
+    assert "wait for that build to finish" in verified.stderr
+    described = command("info", str(out))
+    assert described.returncode == 0, described.stderr
+    assert f"build: 6 of 7 videos committed; running now ({holder})" in described.stdout
+    progress = json.loads(command("info", str(out), "--json").stdout)["progress"]
+    assert (progress["videos_planned"], progress["videos_committed"]) == (7, 6)
+    assert progress["running"]["pid"] == process.pid
+    kill9(process)
+    verified = command("verify", str(out))
+    assert verified.returncode == 2 and "rerun the same prebake build" in verified.stderr
+    assert "no build is running" in command("info", str(out)).stdout
+
+
 def test_reader_refuses_an_incomplete_store(incomplete: Path) -> None:
     reader = pytest.importorskip("prebake.reader")
     with pytest.raises(StoreError, match="incomplete"):
@@ -170,8 +212,10 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     from prebake.bench.build import (
         BuildRun,
         bare_compute,
+        build_verdicts,
         decoder_speed,
         format_build,
+        resize_speeds,
         run_build,
         write_synthetic,
     )
@@ -189,6 +233,12 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     assert wall > 0 and cpu > 0
     decoded, seconds = decoder_speed(src)
     assert decoded == 2 * 5 and seconds > 0  # frames 0 and 4 annotated: 0..4 decoded
+    speeds = resize_speeds(src)  # refuses paths that give other rows than Pillow's
+    assert set(speeds) >= {"pillow", "torch_cpu"} and all(ms > 0 for ms in speeds.values())
+    torched = run_build(
+        src, tmp_path / "torch.zarr", workers=1, extra=("--resize", "torch"), keep=True
+    )
+    assert torched.seconds > 0 and (tmp_path / "torch.zarr" / "zarr.json").is_file()
     run = run_build(src, tmp_path / "store.zarr", workers=2)
     assert isinstance(run, BuildRun) and run.seconds > 0 and run.cpu_seconds > 0
     memory = run.memory(8)
@@ -206,12 +256,20 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
             "bare_compute": 20.0,
             "workers_1": 15.0,
             "workers_2": 27.0,
+            "torch_cpu_2": 24.0,
         },
-        "ratios": {"scaling": 1.8, "overhead": 0.75},
-        "cores_used": {"workers_1": 1.0, "workers_2": 1.8},
-        "cpu_ms_per_frame": {"bare_compute": 45.0, "workers_1": 57.0, "workers_2": 58.0},
+        "ratios": {"scaling": 1.8, "overhead": 0.75, "resize_share": 0.6},
+        "resize_ms_per_frame": {"pillow": 27.0, "torch_cpu": 30.0},
+        "cores_used": {"workers_1": 1.0, "workers_2": 1.8, "torch_cpu_2": 1.8},
+        "cpu_ms_per_frame": {
+            "bare_compute": 45.0,
+            "workers_1": 57.0,
+            "workers_2": 58.0,
+            "torch_cpu_2": 66.0,
+        },
         "rss": {"short": memory, "long": run.memory(40)},
     }
+    results["verdicts"] = build_verdicts(results)
     lines = format_build(results)
     assert any(
         line.startswith("  decoder (PyAV as a build decodes)") and "200.0 video" in line
@@ -219,3 +277,15 @@ def test_build_bench_pieces_on_a_small_source(tmp_path: Path) -> None:
     )
     assert "  PASS  2 workers / 1 worker             1.80 x   (target >= 1.6 x)" in lines
     assert "  PASS  1 worker / bare compute          0.75 x   (target >= 0.7 x)" in lines
+    assert (
+        "    ... --resize torch --device cpu           24.0 frames/s (0.89 x Pillow's; CPU ms per frame 66.0)"
+        in lines
+    )
+    assert (
+        "  resize step per frame (both sizes, stored forms), one core: Pillow 27.0 ms, "
+        "torch on cpu 30.00 ms (0.90 x Pillow's speed)" in lines
+    )
+    assert (
+        "  Pillow's resize step is 60 % of a 1-worker build's CPU per frame: with it free "
+        "(on a GPU), the same cores bake at most 2.50 x faster" in lines
+    )

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from helpers.stores import build_store
 from PIL import Image
 from typer.testing import CliRunner
 
 from prebake.cli import app
+from prebake.demo import SampleObject, SampleVideo, write_sample
 from prebake.info import format_info, store_info
+from prebake.reader import PrebakedDataset
 from prebake.show import render_preview, sheet_size, tile_size
 from prebake.store.layout import StoreDir
+
+
+def walked_bytes(folder: Path) -> int:
+    return sum(
+        os.path.getsize(os.path.join(parent, name))
+        for parent, _, names in os.walk(folder)
+        for name in names
+    )
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -44,11 +57,14 @@ def test_info_reports_counts_arrays_and_build(train_store: Path) -> None:
     assert pixel["rows_written"] == attrs["counts"]["frames"]
     assert pixel["shape"] == [attrs["frame_rows"], 3, 448, 448]
     assert 0.95 < pixel["compression_ratio"] <= 1.0  # uncompressed: only the crc32c and index
-    assert (
-        info["bytes_on_disk"]
-        == sum(a["bytes_on_disk"] for a in info["arrays"].values())
-        + info["bytes_tables_and_metadata"]
-    )
+    # Sizes against the files themselves (os.walk), not against info's own sums.
+    assert info["bytes_on_disk"] == walked_bytes(train_store)
+    for name, entry in info["arrays"].items():
+        assert entry["bytes_on_disk"] == walked_bytes(train_store / name), name
+        shard_files = [p for p in (train_store / name / "c").rglob("*") if p.is_file()]
+        assert entry["shard_files"] == len(shard_files), name
+    arrays_bytes = sum(walked_bytes(train_store / name) for name in info["arrays"])
+    assert info["bytes_tables_and_metadata"] == walked_bytes(train_store) - arrays_bytes
     assert info["versions"]["pillow"] and info["build"]["seconds"] > 0
     text = format_info(info)
     for expected in (
@@ -89,31 +105,98 @@ def test_info_cannot_run(tmp_path: Path) -> None:
 # -- show -------------------------------------------------------------------------------------
 
 
+MAGENTA = np.array([255, 40, 200], dtype=np.float64)  # the mask colour the docstring names
+PANEL, GAP, TILE = 1024, 16, (1024 + 16 + 896, 1024 + 84)  # item drawing: 1024 | gap | 448 x 2
+
+
+def levels(pixel_values: torch.Tensor) -> np.ndarray:
+    """8-bit levels (H, W, 3) of ImageNet-normalized pixel_values (the reference inverse)."""
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    values = pixel_values.numpy().astype(np.float64) * std + mean
+    return np.rint(values * 255).clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def off_grid(side: int, prompt: np.ndarray, margin: int = 3) -> np.ndarray:
+    """Pixels of a `side`-square panel inside prompt cells that are off, `margin` away from
+    the cell borders (where the 16 x 16 grid and the cells' outlines are drawn)."""
+    cell = side // 16
+    inside = np.zeros(side, dtype=bool)
+    for k in range(16):
+        inside[k * cell + margin : (k + 1) * cell - margin] = True
+    keep = np.outer(inside, inside)
+    keep &= ~np.kron(prompt, np.ones((cell, cell), dtype=bool))
+    return keep
+
+
+def away_from(mask: np.ndarray, value: bool, distance: int = 2) -> np.ndarray:
+    """Pixels where `mask` is `value` in the whole (2 d + 1)-square around them."""
+    near = mask == value
+    padded = np.pad(near, distance, constant_values=True)
+    result = np.ones_like(near)
+    for dy in range(2 * distance + 1):
+        for dx in range(2 * distance + 1):
+            result &= padded[dy : dy + near.shape[0], dx : dx + near.shape[1]]
+    return result
+
+
 def test_show_item_png(train_store: Path, tmp_path: Path) -> None:
+    """The drawing of an item against an independent composition of its tensors: the 1024
+    panel is g_pixel_values, blended 45 % with magenta inside the mask; the 448 panel is
+    pixel_values' levels repeated 2 x 2, wherever no prompt cell or grid line is drawn."""
+    item = PrebakedDataset(train_store)[3]
     out = render_preview(train_store, tmp_path / "item.png", item=3)
     with Image.open(out) as image:
         assert image.format == "PNG" and image.mode == "RGB"
-        assert image.size == tile_size(1.0) == (1024 + 16 + 896, 1024 + 84)
-        pixels = np.asarray(image)
-    assert pixels[:1024, :1024].std() > 10  # an image was drawn, not an empty canvas
-    assert (pixels[:1024, :1024] == (255, 40, 200)).all(axis=-1).any()  # the mask outline
+        assert image.size == TILE
+        pixels = np.asarray(image).astype(np.int64)
+    g = item["g_pixel_values"].numpy().transpose(1, 2, 0).astype(np.int64)
+    mask = item["masks"].numpy() == 1
+    left = pixels[:PANEL, :PANEL]
+    outside, inside = away_from(mask, False), away_from(mask, True)
+    assert outside.sum() > 10_000 and inside.sum() > 1_000
+    assert np.array_equal(left[outside], g[outside])
+    blended = g[inside] * 0.55 + MAGENTA * 0.45
+    assert np.abs(left[inside] - blended).max() <= 1  # rounding
+    assert (left[mask] == MAGENTA).all(axis=-1).any()  # the mask's outline
+    right = pixels[: 2 * 448, PANEL + GAP : PANEL + GAP + 2 * 448]
+    expected = np.repeat(np.repeat(levels(item["pixel_values"]), 2, axis=0), 2, axis=1)
+    keep = off_grid(2 * 448, item["prompt_masks"].numpy())
+    assert keep.sum() > 100_000
+    assert np.array_equal(right[keep], expected[keep].astype(np.int64))
 
 
-def test_show_grid_png(train_store: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_item_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of one video with two annotated frames and one masklet: two items."""
+    disc = SampleObject("manual", "disc", (230, 60, 40), (0.4, 0.5), (0.01, 0.0), 0.2)
+    root = tmp_path_factory.mktemp("two-items")
+    src = write_sample(root / "src", "train", [SampleVideo("sav_950000", 96, 64, 5, (disc,))])
+    return build_store(src, root / "store.zarr")
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_show_grid_png(two_item_store: Path, tmp_path: Path, seed: int) -> None:
+    """A sheet of every item (so whatever the seed) holds them in order, at the places the
+    grid arithmetic gives: a row of two half-size drawings of 968 x 554, 16 px apart and from
+    the edges; the 448 panel of each is the item's pixel_values levels."""
+    dataset = PrebakedDataset(two_item_store)
+    assert len(dataset) == 2
+    out = tmp_path / "grid.png"
     code, output = invoke(
-        "show", str(train_store), "--grid", "5", "--out", str(tmp_path / "grid.png")
+        "show", str(two_item_store), "--grid", "2", "--seed", str(seed), "--out", str(out)
     )
     assert code == 0, output
-    with Image.open(tmp_path / "grid.png") as image:
-        assert image.size == sheet_size(5)
-    width, height = tile_size(0.5)
-    assert sheet_size(5) == (3 * width + 4 * 16, 2 * height + 3 * 16)
-
-
-def test_show_same_seed_same_sheet(train_store: Path, tmp_path: Path) -> None:
-    first = render_preview(train_store, tmp_path / "a.png", grid=3, seed=7).read_bytes()
-    second = render_preview(train_store, tmp_path / "b.png", grid=3, seed=7).read_bytes()
-    assert first == second
+    with Image.open(out) as image:
+        assert image.size == (2 * 968 + 3 * 16, 554 + 2 * 16)
+        pixels = np.asarray(image).astype(np.int64)
+    for position in range(2):
+        item = dataset[position]
+        x, y = 16 + position * (968 + 16), 16
+        right = pixels[y : y + 448, x + 512 + 8 : x + 512 + 8 + 448]
+        keep = off_grid(448, item["prompt_masks"].numpy(), margin=2)
+        assert keep.sum() > 50_000
+        assert np.array_equal(right[keep], levels(item["pixel_values"])[keep].astype(np.int64))
 
 
 def test_show_errors_are_one_line(train_store: Path, tmp_path: Path) -> None:
@@ -136,11 +219,20 @@ def test_show_names_a_damaged_row(train_store: Path, tmp_path: Path) -> None:
     assert code == 2 and "g_pixel_values" in output and "missing" in output
 
 
-@pytest.mark.parametrize("count", [1, 2, 4, 9, 10])
-def test_sheet_sizes(count: int) -> None:
-    width, height = sheet_size(count)
-    tile_width, tile_height = tile_size(0.5)
-    assert width >= tile_width and height >= tile_height
+@pytest.mark.parametrize(
+    ("count", "size"),
+    [  # columns ceil(sqrt(n)), rows ceil(n / columns); tiles 968 x 554, 16 px gaps
+        (1, (968 + 2 * 16, 554 + 2 * 16)),
+        (2, (2 * 968 + 3 * 16, 554 + 2 * 16)),
+        (4, (2 * 968 + 3 * 16, 2 * 554 + 3 * 16)),
+        (5, (3 * 968 + 4 * 16, 2 * 554 + 3 * 16)),
+        (9, (3 * 968 + 4 * 16, 3 * 554 + 4 * 16)),
+        (10, (4 * 968 + 5 * 16, 3 * 554 + 4 * 16)),
+    ],
+)
+def test_sheet_sizes(count: int, size: tuple[int, int]) -> None:
+    assert sheet_size(count) == size
+    assert tile_size(0.5) == (968, 554) and tile_size(1.0) == TILE
 
 
 # -- both schemas, partial stores ----------------------------------------------------------------

@@ -123,6 +123,9 @@ def assert_same_items(remote: PrebakedDataset, local: PrebakedDataset, step: int
 # -- Dask ----------------------------------------------------------------------------------------
 
 
+DASK_HELD_VIDEO = "sav_710099"  # the Dask source's frame-folder video (tests hold it open)
+
+
 def dask_videos() -> list[SampleVideo]:
     # Long enough (about a second of baking each) for a worker to be killed mid-unit.
     return three_object_videos("sav_7100", 320, 240, first_length=60, step=8)

@@ -444,6 +444,7 @@ def test_dataloader_epoch_with_two_workers(
         multiprocessing_context=multiprocessing.get_context(context),
         persistent_workers=True,
         pin_memory=context == "spawn",
+        timeout=120,  # seconds a batch may take: a stuck worker fails the test, never hangs it
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")  # CPU-only torch: no pinning

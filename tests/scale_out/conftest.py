@@ -13,7 +13,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from helpers.scale_out import LOOPBACK, S3, SHARDS, dask_videos, free_port
+from helpers.runs import HeldFrame, frame_held
+from helpers.scale_out import DASK_HELD_VIDEO, LOOPBACK, S3, SHARDS, dask_videos, free_port
 from helpers.stores import build_store
 from moto.server import ThreadedMotoServer
 
@@ -72,7 +73,18 @@ def local_reference(mixed_src: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def dask_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample(tmp_path_factory.mktemp("dask") / "src", "train", dask_videos())
+    """The Dask videos, and a short frame-folder video a test can hold open (`dask_held`)."""
+    root = write_sample(tmp_path_factory.mktemp("dask") / "src", "train", dask_videos())
+    shape = dask_videos()[0]
+    held = SampleVideo(DASK_HELD_VIDEO, shape.width, shape.height, 9, shape.objects)
+    return write_sample(root / "frames", "frames", [held]).parent
+
+
+@pytest.fixture
+def dask_held(dask_src: Path) -> Iterator[HeldFrame]:
+    """Frame 8 of DASK_HELD_VIDEO as a named pipe: the worker baking it blocks there."""
+    with frame_held(dask_src / "frames" / "JPEGImages" / DASK_HELD_VIDEO) as held:
+        yield held
 
 
 @pytest.fixture(scope="module")

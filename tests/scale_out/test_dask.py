@@ -17,19 +17,18 @@ import time
 from pathlib import Path
 
 from helpers.processes import descendants, listening, watch_build
+from helpers.runs import DEADLINE, HeldFrame
 from helpers.scale_out import (
+    DASK_HELD_VIDEO,
     LOOPBACK,
     S3,
     SHARD_ARGS,
-    SHARDS,
     assert_same_remote_store,
     dask_videos,
 )
 from helpers.stores import CLI, assert_same_store, records
 
 from prebake.demo import default_sample, write_sample
-from prebake.store.layout import BUILD_DIR
-from prebake.store.plan import UnitPlan
 from prebake.store.schema import DATA_ARRAYS
 
 
@@ -79,6 +78,31 @@ def test_dask_local_cluster_equals_one_worker(
     assert attrs["build"]["workers"] == 2
 
 
+def test_dask_resizes_with_torch_and_checks_the_device_on_the_workers(
+    dask_src: Path, dask_reference: Path, tmp_path: Path
+) -> None:
+    """--resize torch reaches the Dask tasks (same bytes); --device cuda is checked on the
+    workers, where the units run, not by the client: refused there before anything is written."""
+    import torch
+
+    out = tmp_path / "store.zarr"
+    if not torch.cuda.is_available():
+        args = [*dask_build_args(dask_src, out), "--resize", "torch", "--device", "cuda"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 2, result.stderr
+        assert re.fullmatch(
+            r"prebake: --dask local:2: worker tcp://127\.0\.0\.1:\d+: --device cuda: .*\n",
+            result.stderr,
+        ), result.stderr
+        assert not out.exists()
+    args = [*dask_build_args(dask_src, out), "--resize", "torch"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert_same_store(out, dask_reference)
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
+    assert attrs["build"]["resize"] == [f"torch {torch.__version__} on cpu"]
+
+
 def dask_build_args(src: Path, out: Path) -> list[str]:
     return [
         *CLI,
@@ -94,9 +118,12 @@ def dask_build_args(src: Path, out: Path) -> list[str]:
     ]
 
 
-def test_dask_worker_killed_mid_unit(dask_src: Path, dask_reference: Path, tmp_path: Path) -> None:
-    """SIGKILL a Dask worker while it writes a shard: Dask reruns its unit on the other worker
-    (the nanny restarts the dead one), the build completes and the store is identical."""
+def test_dask_worker_killed_mid_unit(
+    dask_src: Path, dask_reference: Path, tmp_path: Path, dask_held: HeldFrame
+) -> None:
+    """SIGKILL the Dask worker baking the held unit (blocked reading a frame that never comes):
+    Dask reruns the unit on a worker (the nanny restarts the dead one), the build completes
+    and the store is identical, so the unit was baked again after the kill."""
     out = tmp_path / "store.zarr"
     process = subprocess.Popen(
         dask_build_args(dask_src, out),
@@ -104,24 +131,13 @@ def test_dask_worker_killed_mid_unit(dask_src: Path, dask_reference: Path, tmp_p
         stderr=subprocess.PIPE,
         text=True,
     )
-    temporary = out / BUILD_DIR / "tmp"
-    victim = None
-    deadline = time.monotonic() + 120
-    while victim is None:
-        assert process.poll() is None, "the build ended before a worker could be killed"
-        assert time.monotonic() < deadline, "no shard was seen being written"
-        # A temporary shard is named <array>.<shard>.<pid of the worker writing it>.
-        names = os.listdir(temporary) if temporary.is_dir() else []
-        pids = {
-            int(name.rsplit(".", 1)[1]) for name in names if re.fullmatch(r".+\.\d+\.\d+", name)
-        }
-        victim = next(iter(pids & set(descendants(process.pid))), None)  # a worker process
-        time.sleep(0.002)
-    committed = len(records(out))
+    dask_held.wait_read(process)
+    (victim,) = dask_held.wait_readers(process.pid, process)
+    dask_held.restore()  # the rerun reads the real frame; the killed worker never got it
     os.kill(victim, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=180)
+    _, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 0, stderr
-    assert committed < len(dask_videos()), "the kill was meant to land while units were left"
+    assert not Path(f"/proc/{victim}").exists()
     assert "Traceback" not in stderr
     assert_same_store(out, dask_reference)
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
@@ -129,7 +145,7 @@ def test_dask_worker_killed_mid_unit(dask_src: Path, dask_reference: Path, tmp_p
 
 
 def test_dask_unit_whose_worker_always_dies_is_recorded_failed(
-    dask_src: Path, dask_reference: Path, tmp_path: Path
+    dask_src: Path, dask_reference: Path, tmp_path: Path, dask_held: HeldFrame
 ) -> None:
     """A video whose worker is killed each time it runs (as a decoder crash would) is recorded
     as failed once it died alone too; the units that only shared its worker are baked."""
@@ -141,32 +157,23 @@ def test_dask_unit_whose_worker_always_dies_is_recorded_failed(
     process = subprocess.Popen(
         [*args, *SHARD_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    plan = out / BUILD_DIR / "plan.json"
-    deadline = time.monotonic() + 120
-    while not plan.is_file():
-        assert process.poll() is None and time.monotonic() < deadline, "no plan was written"
+    dask_held.wait_read(process)  # our end stays open: every later reader blocks reading
+    killed: set[int] = set()
+    deadline = time.monotonic() + DEADLINE
+    while process.poll() is None:  # kill every worker that holds the victim's frame
+        assert time.monotonic() < deadline, "the build did not end"
+        for pid in set(dask_held.readers(process.pid)) - killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
         time.sleep(0.01)
-    units = [UnitPlan.from_json(unit) for unit in json.loads(plan.read_text())["units"]]
-    victim = max(units, key=lambda unit: len(unit.frame_indices))  # baked first
-    first = victim.frame_row // SHARDS["frames_per_shard"]
-    shards = range(first, first + len(victim.frame_indices) // SHARDS["frames_per_shard"] + 1)
-    kills = 0
-    while process.poll() is None:  # kill any worker writing an image shard of the victim
-        temporary = out / BUILD_DIR / "tmp"
-        for name in os.listdir(temporary) if temporary.is_dir() else []:
-            match = re.fullmatch(r"g_pixel_values\.(\d+)\.(\d+)", name)
-            if match and int(match[1]) in shards and int(match[2]) in descendants(process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(match[2]), signal.SIGKILL)
-                    kills += 1
-        time.sleep(0.002)
-    _, stderr = process.communicate()
+    _, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 1, stderr
-    assert kills >= 2, "the victim was meant to be killed in the crowd, then alone"
+    assert len(killed) >= 2, "the victim was meant to be killed in the crowd, then alone"
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]["prebake"]
-    assert [failure["video_id"] for failure in attrs["failures"]] == [victim.video_id]
+    assert [failure["video_id"] for failure in attrs["failures"]] == [DASK_HELD_VIDEO]
     assert "the worker process baking this video died" in attrs["failures"][0]["reason"]
-    assert f"  {victim.video_id}: " in stderr and "Traceback" not in stderr
+    assert f"  {DASK_HELD_VIDEO}: " in stderr and "Traceback" not in stderr
 
     # Every other video's shards are the reference's, bytes and all; the victim left none.
     def shards(store: Path) -> set[Path]:
@@ -184,7 +191,7 @@ def test_dask_unit_whose_worker_always_dies_is_recorded_failed(
 
 
 def test_dask_ctrl_c_stops_cleanly_and_resumes(
-    dask_src: Path, dask_reference: Path, tmp_path: Path
+    dask_src: Path, dask_reference: Path, tmp_path: Path, dask_held: HeldFrame
 ) -> None:
     """A Ctrl-C reaches the client and the local cluster's workers (one process group): one
     line, exit 130, the cluster stopped; the same command resumes to an identical store."""
@@ -197,13 +204,10 @@ def test_dask_ctrl_c_stops_cleanly_and_resumes(
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while not records(out):
-        assert process.poll() is None and time.monotonic() < deadline, "no unit was committed"
-        time.sleep(0.01)
+    dask_held.wait_read(process)  # the build cannot end before the Ctrl-C
     workers = descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 130, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0], stderr
@@ -211,7 +215,10 @@ def test_dask_ctrl_c_stops_cleanly_and_resumes(
     while any(Path(f"/proc/{pid}").exists() for pid in workers):
         assert time.monotonic() < deadline, "the cluster's processes outlived the build"
         time.sleep(0.05)
-    again = subprocess.run([*args, *SHARD_ARGS], capture_output=True, text=True, timeout=180)
+    committed = len(records(out))
+    assert committed < len(dask_videos()) + 1, "the held unit was not committed"
+    dask_held.restore()
+    again = subprocess.run([*args, *SHARD_ARGS], capture_output=True, text=True, timeout=DEADLINE)
     assert again.returncode == 0, again.stderr
     assert_same_store(out, dask_reference)
 

@@ -59,7 +59,7 @@ def test_s3_build_read_verify_equal_to_local(
     assert_same_items(clips, PrebakedDataset(local_reference, clip_len=3), step=11)
 
     subset = torch.utils.data.Subset(remote, range(0, len(remote), 9))  # pickled to workers
-    loader = torch.utils.data.DataLoader(subset, batch_size=2, num_workers=2)
+    loader = torch.utils.data.DataLoader(subset, batch_size=2, num_workers=2, timeout=120)
     assert sum(len(batch["masks"]) for batch in loader) == len(subset)
 
     checked = verify_store(
@@ -149,7 +149,7 @@ def test_s3_build_killed_then_resumed(
         assert process.poll() is None and time.monotonic() < deadline, "no units committed"
         time.sleep(0.05)
     process.kill()
-    process.communicate()
+    process.communicate(timeout=60)
     committed = len(s3.fs.find(f"{prefix}/{BUILD_DIR}/units", refresh=True))
     options = BuildOptions(
         src=remote_src,
@@ -236,9 +236,11 @@ def test_remote_lock_is_exclusive_stale_taken_over_and_lost(
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "another build is writing this store" in refused.stderr
-    # The heartbeat keeps it fresh.
-    time.sleep(0.3)
-    assert json.loads(path.read_bytes())["heartbeat"] > record["heartbeat"]
+    # The heartbeat keeps it fresh (every 0.05 s here; a loaded machine may take longer).
+    deadline = time.monotonic() + 60
+    while json.loads(path.read_bytes())["heartbeat"] <= record["heartbeat"]:
+        assert time.monotonic() < deadline, "the lock's heartbeat was not refreshed"
+        time.sleep(0.05)
     # Its holder stops (a pause, a partition): the heartbeat ages past the timeout.
     first._stop.set()
     assert first._thread is not None

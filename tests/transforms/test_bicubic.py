@@ -228,7 +228,9 @@ def test_importing_transforms_does_not_import_torch() -> None:
     import sys
 
     code = "import sys, prebake.transforms; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     assert out.stdout.strip() == "False"
 
 

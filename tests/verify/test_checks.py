@@ -48,7 +48,9 @@ def test_help_lists_every_check() -> None:
 def test_the_command_line_imports_no_check() -> None:
     """`prebake --help` stays fast: the list is read without importing what the checks need."""
     code = "import sys, prebake.cli; print(sorted(m for m in sys.modules if m.startswith('prebake.verify')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == "['prebake.verify', 'prebake.verify.checks']"
 
 

@@ -87,6 +87,33 @@ def test_flipped_byte_in_a_chunk(store_copy: Path) -> None:
     assert "crc32c mismatch" in found[0] and "g_pixel_values/c/" in found[0]
 
 
+def test_json_problems_are_objects(store_copy: Path) -> None:
+    """`verify --json`: each problem an object naming the check that found it, the array, the
+    row (the one damaged here; None for a whole file) and the message."""
+    frame_row, _ = first_item_rows(store_copy)
+    path = shard_file(store_copy, "g_pixel_values", frame_row)
+    per = rows_per_shard(store_copy, "g_pixel_values")
+    offset, nbytes = (int(v) for v in read_index(path, per)[frame_row % per])
+    with path.open("r+b") as handle:
+        handle.seek(offset + nbytes // 2)
+        byte = handle.read(1)
+        handle.seek(offset + nbytes // 2)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    orphan = store_copy / "prompt_masks" / "c" / "999" / "0"
+    orphan.mkdir(parents=True)
+    shutil.copy(shard_file(store_copy, "prompt_masks", 0), orphan / "0")
+    code, output = run_verify(store_copy, "--json")
+    assert code == 1
+    data = json.loads(output)
+    assert data["ok"] is False and len(data["problems"]) == 2, data["problems"]
+    assert all(set(problem) == {"check", "array", "row", "message"} for problem in data["problems"])
+    chunk, file = sorted(data["problems"], key=lambda problem: problem["array"])
+    assert (chunk["check"], chunk["array"], chunk["row"]) == ("shards", "g_pixel_values", frame_row)
+    assert "crc32c mismatch" in chunk["message"]
+    assert (file["check"], file["array"], file["row"]) == ("shards", "prompt_masks", None)
+    assert file["message"].startswith("prompt_masks: shard file prompt_masks/c/999/0/0")
+
+
 def test_flipped_byte_in_a_shard_index(store_copy: Path) -> None:
     _, mask_row = first_item_rows(store_copy)
     path = shard_file(store_copy, "masks", mask_row)
@@ -214,22 +241,24 @@ def test_real_sample_store_verify_info_show(
         "--workers",
         "1",
     ]
-    subprocess.run(build, check=True, capture_output=True)
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
     result = subprocess.run(
         [PREBAKE, "verify", str(out), "--src", str(real_sav), "--quiet"],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "121/121 frames, 480/480 items" in result.stdout
     assert "16 items" in result.stdout
-    result = subprocess.run([PREBAKE, "info", str(out)], capture_output=True, text=True)
+    result = subprocess.run([PREBAKE, "info", str(out)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "videos 1 (0 failed), frames 121, items 480" in result.stdout
     preview = folder / "real.png"
     result = subprocess.run(
         [PREBAKE, "show", str(out), "--item", "200", "--out", str(preview)],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     with Image.open(preview) as image:

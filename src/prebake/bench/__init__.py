@@ -1,13 +1,15 @@
 """`prebake bench`: speed and memory measured side by side in one run, reported as ratios.
 
 Reader measurements live in `bench.reader`, the loader's (`PrebakedLoader` against a
-DataLoader with workers and the floor) in `bench.loader`, build measurements (worker scaling, bare compute,
-peak RSS) in `bench.build`, source measurements (discovery of a large tree, an append against a
-rebuild) in `bench.sources`; this module only composes and formats them.
+DataLoader with workers and the floor) in `bench.loader`, build measurements (worker scaling,
+bare compute, peak RSS) in `bench.build`, source measurements (discovery of a large tree, an
+append against a rebuild) in `bench.sources`, the GPU check of issue 16 in `bench.gpu`, the CUDA
+loader's in `bench.gpu_loader`; this module only composes and formats them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,13 @@ def run_bench(
     discovery_files: int | None = None,
     append: bool = False,
     schemas_src: Path | None = None,
+    gpu: str | None = None,
+    echo: Callable[[str], None] = lambda line: None,
     gpu_loader: bool = False,
 ) -> dict[str, Any]:
-    """The reader (on `store`), build, discovery, append and schema measurements asked for."""
+    """The reader and loader (on `store`), build, discovery, append, schema and GPU (on device
+    `gpu`) measurements asked for; `echo` hears the GPU check's progress. `gpu_loader`: only
+    the CUDA loader's check on `store`."""
     results: dict[str, Any] = {}
     if store is not None and gpu_loader:  # on its own: a short check for a CUDA machine
         from prebake.bench.gpu_loader import bench_gpu_loader
@@ -53,6 +59,10 @@ def run_bench(
         from prebake.bench.schemas import bench_schemas
 
         results["schemas"] = bench_schemas(schemas_src, items=items)
+    if gpu is not None:
+        from prebake.bench.gpu import bench_gpu
+
+        results["gpu"] = bench_gpu(device=gpu, echo=echo)
     return results
 
 
@@ -86,14 +96,8 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.schemas import format_schemas
 
         lines += format_schemas(results["schemas"])
+    if "gpu" in results:
+        from prebake.bench.gpu import format_gpu
+
+        lines += format_gpu(results["gpu"])
     return "\n".join(lines)
-
-
-def failed(results: dict[str, Any]) -> list[str]:
-    """The targets missed in `results` (as `run_bench` returns them), by label."""
-    return [
-        verdict["target"]
-        for part in results.values()
-        for verdict in part.get("verdicts", [])
-        if not verdict["passed"]
-    ]

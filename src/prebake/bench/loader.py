@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from prebake.bench.reader import _memory_status, _release_free_heap
+from prebake.bench.targets import LOADER_TARGETS, format_verdict
 from prebake.errors import StoreError
 from prebake.reader import LOOP1_FIELDS, PrebakedDataset, PrebakedLoader
 from prebake.reader.order import epoch_permutation
@@ -45,26 +46,6 @@ BATCH_SIZE = 8
 DATALOADER_WORKERS = 2
 ROUNDS = 3
 MEMORY_EPOCHS = 8
-# (key, label, sense, limit, unit): checked on the all-fields ratios, PASS/FAIL, exit 1 on a miss.
-LOADER_TARGETS = (
-    ("all_vs_dataloader", "loader / DataLoader(2 workers)", ">=", 4.0, "x"),
-    ("all_vs_floor", "loader / floor (same threads)", ">=", 0.8, "x"),
-)
-
-
-def check(
-    key: str, label: str, sense: str, limit: float, unit: str, value: float
-) -> dict[str, Any]:
-    """A verdict as `prebake bench --json` holds it."""
-    passed = value >= limit if sense == ">=" else value <= limit
-    return {
-        "target": label,
-        "value": round(float(value), 3),
-        "sense": sense,
-        "limit": limit,
-        "unit": unit,
-        "passed": bool(passed),
-    }
 
 
 def bench_loader(store: Path, *, items: int) -> dict[str, Any]:
@@ -81,7 +62,7 @@ def bench_loader(store: Path, *, items: int) -> dict[str, Any]:
         ratios[f"{label}_vs_floor"] = speed[label]["loader"] / speed[label]["floor_threads"]
         ratios[f"{label}_vs_floor_1"] = speed[label]["loader"] / speed[label]["floor_1"]
     results["ratios"] = ratios
-    results["verdicts"] = [check(*target, ratios[target[0]]) for target in LOADER_TARGETS]
+    results["verdicts"] = [target.check(ratios[target.key]) for target in LOADER_TARGETS]
     results["memory"] = _loader_memory(store)
     return results
 
@@ -121,12 +102,7 @@ def format_loader(results: dict[str, Any]) -> list[str]:
     in_use = memory["rss_anon_in_use"]
     lines.append(f"    RssAnon in use, last epoch - epoch 2: {in_use[-1] - in_use[1]:+.1f} MB")
     lines.append("targets (all four fields):")
-    for verdict in results["verdicts"]:
-        lines.append(
-            f"  {'PASS' if verdict['passed'] else 'FAIL'}  {verdict['target']:32s} "
-            f"{verdict['value']:8.2f} {verdict['unit']:3s} "
-            f"(target {verdict['sense']} {verdict['limit']:g} {verdict['unit']})"
-        )
+    lines.extend(format_verdict(verdict) for verdict in results["verdicts"])
     return lines
 
 

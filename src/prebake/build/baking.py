@@ -9,6 +9,7 @@ from typing import Any
 
 from prebake.build.commit import RecordWriter
 from prebake.build.executor import Executor
+from prebake.build.resizing import Resizing
 from prebake.build.unit import worker_died
 from prebake.storage import RemotePath, StorageOptions
 from prebake.store.layout import StoreDir
@@ -27,6 +28,7 @@ class RunState:
     committed: int = 0  # units with a record (earlier runs included)
     planned: int = 0
     frames_baked: int = 0  # frames this run baked
+    videos_baked: int = 0  # videos this run baked (failed ones not included)
 
     def interrupted_message(self) -> str:
         where = self.store
@@ -55,15 +57,17 @@ def bake_units(
     progress: bool,
     storage_options: StorageOptions | None,
     schema_version: int,
+    resizing: Resizing,
 ) -> None:
     """Bake every unit of `todo` in `executor`'s workers (one worker included: a crash in a
-    decoder then kills a worker, not the build) and commit each unit's record as it comes back."""
-    from tqdm import tqdm
+    decoder then kills a worker, not the build) and commit each unit's record as it comes back.
+    A video that fails is named on stderr as it fails (with `progress`; the summary lists all)."""
+    from prebake.progress import progress_bar, say
 
     # Longest videos first: the last units to finish are then short ones, so no worker
     # idles long at the end. The order changes nothing stored (rows are planned).
     queue = deque(sorted(todo, key=lambda unit: (-len(unit.frame_indices), unit.index)))
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(len(unit.frame_indices) for unit in todo),
         desc="baking",
         unit="frame",
@@ -75,7 +79,7 @@ def bake_units(
 
     def job(unit: UnitPlan) -> tuple[Any, ...]:
         """bake_unit's arguments for `unit`."""
-        return (str(store.path), unit.to_json(), params, storage_options, schema_version)
+        return (str(store.path), unit.to_json(), params, storage_options, schema_version, resizing)
 
     def done(unit: UnitPlan, record: dict[str, Any] | None) -> None:
         nonlocal failed
@@ -87,7 +91,12 @@ def bake_units(
         failed += record["status"] != "ok"
         if record["status"] == "ok":
             state.frames_baked += len(unit.frame_indices)
-        bar.set_postfix_str(f"videos {state.committed}/{state.planned}, failed {failed}")
+            state.videos_baked += 1
+        elif progress:
+            say(f"failed: {unit.video_id}: {record.get('reason')}")
+        bar.set_postfix_str(
+            f"videos {state.committed}/{state.planned}, failed {failed}", refresh=False
+        )
 
     try:
         executor.bake(queue, job, done, bar)

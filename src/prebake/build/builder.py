@@ -17,6 +17,7 @@ from prebake.build.commit import (
     committed_records,
     initial_attrs,
     report_from_attrs,
+    resized_by,
     run_times,
 )
 from prebake.build.executor import Executor
@@ -31,10 +32,11 @@ from prebake.build.options import (
 )
 from prebake.build.planning import make_plan
 from prebake.build.pool import LocalPool
+from prebake.build.resizing import check_device, check_options
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources import NOT_FOUND_HINT, Discovery, find_videos, select
 from prebake.sources.base import VideoRef
-from prebake.storage import RemotePath, as_path, is_url
+from prebake.storage import RemotePath, as_path, is_url, missing
 from prebake.store.growth import StoredVideos, commit_append, pending_append, plan_growth
 from prebake.store.layout import StoreDir
 from prebake.store.lock import RemoteStoreLock, StoreLock
@@ -66,10 +68,16 @@ def _build(options: BuildOptions) -> BuildReport:
             f"not {options.pillow_rule!r}"
         )
     check_fields(options.fields)
+    check_options(options.resizing)
+    if options.resize == "torch" and options.dask is None:
+        check_device(options.device)  # this machine's workers: refused before anything is written
     if options.dask is not None:
         options = _absolute(options)
     out = as_path(options.out, options.storage_options)
     store = StoreDir(out)
+    # exists() first: it raises when the object store cannot be reached; bucket_exists() says no
+    if isinstance(out, RemotePath) and not out.exists() and not out.bucket_exists():
+        raise StoreError(f"{out}: {missing(out, 'store')}")
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out}: exists and is not a folder")
     if (
@@ -144,9 +152,9 @@ def _check_version(path: Path | RemotePath, version: int, writes: int) -> None:
 
 def _say(options: BuildOptions, message: str) -> None:
     if options.progress:
-        from tqdm import tqdm
+        from prebake.progress import say
 
-        tqdm.write(message)
+        say(message)
 
 
 class Builder:
@@ -167,16 +175,25 @@ class Builder:
         self._executor: Executor | None = None
         self._finished = False
 
-    def executor(self) -> Executor:
-        """Worker processes here, or the Dask cluster (`--dask`, connected or started now)."""
+    def executor(self, videos: int | None = None) -> Executor:
+        """Worker processes here, or the Dask cluster (`--dask`, connected or started now).
+        Local workers are no more than the `videos` to plan and bake: one more would only
+        start (seconds of imports each) and wait."""
         if self._executor is None:
             if self.options.dask is not None:
                 from prebake.build.dask import DaskCluster
 
                 self._executor = DaskCluster(self.options.dask)
             else:
+                workers = self.options.workers
+                if videos is not None and 0 < videos < workers:
+                    _say(
+                        self.options,
+                        f"note: {videos} videos to bake: {videos} workers, not {workers}",
+                    )
+                    workers = videos
                 note = functools.partial(_say, self.options)
-                self._executor = LocalPool(self.options.workers, self.store.path, note)
+                self._executor = LocalPool(workers, self.store.path, note)
         return self._executor
 
     @property
@@ -195,6 +212,8 @@ class Builder:
         """Finish what an earlier run left (a build or an append), or build afresh; then add
         what the source holds and the store lacks (`prebake.store.growth`)."""
         options, store = self.options, self.store
+        if options.resize == "torch" and options.dask is not None:
+            self._check_cluster_device()
         settings = settings_of(options)
         attrs = None if options.overwrite else store.attrs()
         if attrs is not None:
@@ -208,6 +227,15 @@ class Builder:
         attrs = self._grow(settings, attrs)
         self._finished = True
         return self._report(attrs)
+
+    def _check_cluster_device(self) -> None:
+        """--dask: every worker of the cluster must reach the device, checked on each of them
+        before anything is baked."""
+        from prebake.build.dask import DaskCluster
+
+        cluster = self.executor()
+        assert isinstance(cluster, DaskCluster)
+        cluster.check_workers(check_device, self.options.device)
 
     def discovery(self) -> Discovery:
         """The source, walked once per run."""
@@ -296,6 +324,7 @@ class Builder:
         self.lock.check()
         records = committed_records(self.store, units)
         run = run_times(self.started, self.workers)
+        run["resize"] = resized_by(records)
         attrs = commit_append(self.store, attrs, plan, units, records, run)
         self.store.remove_build_dir()
         retried = [unit for unit in units if unit.index < plan["base"]["videos"]]
@@ -313,13 +342,14 @@ class Builder:
         self, settings: dict[str, Any], refs: list[tuple[int, VideoRef]], kind: str, base: Base
     ) -> dict[str, Any]:
         tree = self.discovery().tree
-        return make_plan(self.options, settings, refs, kind, base, tree, self.executor())
+        executor = self.executor(videos=len(refs))
+        return make_plan(self.options, settings, refs, kind, base, tree, executor)
 
     def _bake_plan(
         self, settings: dict[str, Any], plan: dict[str, Any]
     ) -> tuple[list[UnitPlan], int]:
         """Bake every unit of `plan` without a record; return its units and how many had one."""
-        store = self.store
+        options, store = self.options, self.store
         self.state.phase = "baking"
         units = [UnitPlan.from_json(unit) for unit in plan.pop("units")]  # kept compact only
         records = store.read_records(unit.index for unit in units)
@@ -327,6 +357,7 @@ class Builder:
             if unit.status == "failed" and records[unit.index] is None:
                 store.write_record({"index": unit.index, "status": "failed", "reason": unit.reason})
                 records[unit.index] = {"status": "failed"}
+                _say(options, f"failed: {unit.video_id}: {unit.reason}")
         todo = [unit for unit in units if records[unit.index] is None]
         del records
         self.state.planned = len(units)
@@ -339,11 +370,12 @@ class Builder:
             settings["params"],
             store=store,
             lock=self.lock,
-            executor=self.executor(),
+            executor=self.executor(videos=len(todo)),
             state=self.state,
             progress=self.options.progress,
             storage_options=self.options.storage_options,
             schema_version=self.options.schema_version,
+            resizing=self.options.resizing,
         )
         self.baked_ids.update(unit.video_id for unit in units)
         return units, resumed
@@ -360,6 +392,7 @@ class Builder:
         report.built, report.added = self.report.built, self.report.added
         report.retried, report.retried_ok = self.report.retried, self.report.retried_ok
         report.frames_baked = self.state.frames_baked
+        report.videos_baked = self.state.videos_baked
         report.source_problems = list(found.problems)
         report.source_notes = list(found.notes)
         report.source_changes = self.report.source_changes

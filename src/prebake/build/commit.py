@@ -123,6 +123,12 @@ def committed_records(store: StoreDir, units: list[UnitPlan]) -> list[dict[str, 
     return records
 
 
+def resized_by(records: list[dict[str, Any]]) -> list[str]:
+    """What resized the images of the videos baked (`Pillow`, `torch 2.13.0 on cpu`...): one
+    entry per path the runs took (a resume or an append may take the other one)."""
+    return sorted({record["resize"] for record in records if record.get("resize")})
+
+
 def commit_build(
     store: StoreDir, attrs: dict[str, Any], units: list[UnitPlan], started: float, workers: int
 ) -> dict[str, Any]:
@@ -146,6 +152,7 @@ def commit_build(
         "finished": times["finished"],
         "seconds": times["seconds"],
         "workers": workers,
+        "resize": resized_by(records),
     }
     store.set_attrs(attrs)
     store.remove_build_dir()

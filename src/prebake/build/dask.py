@@ -92,7 +92,10 @@ class DaskCluster:
                     dashboard_address=None,  # no dashboard; the scheduler's health and
                     # metrics server still starts: on loopback, on any free port
                     scheduler_kwargs={"dashboard_address": f"{LOOPBACK}:0"},
-                    silence_logs=logging.ERROR,
+                    # prebake reports what matters (failed videos, dead workers) itself; at
+                    # ERROR, a worker whose heartbeat races the cluster's close logs a
+                    # traceback (seen when a refused --device stops the cluster at once).
+                    silence_logs=logging.CRITICAL,
                 )
                 self.client = distributed.Client(self.local)
                 self.client.register_plugin(_IgnoreCtrlC())
@@ -115,6 +118,19 @@ class DaskCluster:
 
     def warm_up(self) -> None:
         """Nothing to do: the cluster's workers run already."""
+
+    def check_workers(self, check: Callable[..., None], *args: Any) -> None:
+        """`check(*args)` on every worker of the cluster now; the first PrebakeError it raises
+        is raised here, naming its worker."""
+        results = self.client.run(check, *args, on_error="return")
+        for worker, result in sorted(results.items()):
+            if isinstance(result, PrebakeError):
+                raise PrebakeError(f"--dask {self.address}: worker {worker}: {result}")
+            if isinstance(result, Exception):
+                raise PrebakeError(
+                    f"--dask {self.address}: worker {worker}: "
+                    f"{type(result).__name__}: {one_line(str(result))}"
+                )
 
     def map_in_order(
         self, function: Callable[..., list[UnitPlan]], batches: list[Any], *args: Any

@@ -3,19 +3,32 @@ that decide a store's bytes (a store is resumed or grown only with equal setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from prebake import decoding, transforms
+from prebake.build.resizing import DEFAULT_DEVICE, DEFAULT_RESIZE, Resizing
 from prebake.errors import PrebakeError, StoreError
 from prebake.sources.annotations import FRAME_STRIDE
 from prebake.storage import RemotePath, StorageOptions, as_path, location_text
 from prebake.store.schema import DATA_ARRAYS, SCHEMA_VERSION
 from prebake.versions import library_versions
 
+# The defaults of `BuildOptions`, which `prebake build`'s options take too (one source of truth).
+DEFAULT_MASKLETS = "manual"  # as SAM 2 trains
+DEFAULT_LAYOUT = "auto"
 DEFAULT_FRAMES_PER_SHARD = 64
 DEFAULT_ITEMS_PER_SHARD = 1024
+MASKLET_CHOICES = ("manual", "auto", "all")
+LAYOUT_CHOICES = ("auto", "train", "frames", "png")
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: the machine's cores (a build runs no more
+    than it has videos to bake)."""
+    return os.cpu_count() or 1
 
 
 class BuildInterrupted(PrebakeError):
@@ -26,9 +39,9 @@ class BuildInterrupted(PrebakeError):
 class BuildOptions:
     src: str | Path  # a folder, or an fsspec URL (s3://bucket/sav)
     out: str | Path  # likewise
-    workers: int = 1
-    masklets: str = "manual"  # "manual", "auto" or "all"
-    layout: str = "auto"  # "auto", "train", "frames" or "png"
+    workers: int = field(default_factory=default_workers)
+    masklets: str = DEFAULT_MASKLETS  # one of MASKLET_CHOICES
+    layout: str = DEFAULT_LAYOUT  # one of LAYOUT_CHOICES
     limit: int | None = None
     video_ids: list[str] | None = None
     frames_per_shard: int = DEFAULT_FRAMES_PER_SHARD
@@ -47,6 +60,15 @@ class BuildOptions:
     # Not a command option: 1 bakes a store of schema v1 (float32 pixel_values, zarr-python
     # string tables, all fields), as prebake did before, for tests of v1 stores only.
     schema_version: int = SCHEMA_VERSION
+    # Where the two image resizes run: "pillow", or "torch" on `device` ("cpu", "cuda",
+    # "cuda:N"). Not a setting: both give the same bytes, so a store built one way may be
+    # resumed or grown the other way; the store records which baked what.
+    resize: str = DEFAULT_RESIZE
+    device: str = DEFAULT_DEVICE
+
+    @property
+    def resizing(self) -> Resizing:
+        return Resizing(self.resize, self.device)
 
 
 @dataclass
@@ -62,6 +84,7 @@ class BuildReport:
     already_complete: bool = False  # nothing was baked: the store already held the selection
     failures: list[dict[str, str]] = field(default_factory=list)
     frames_baked: int = 0  # frames this run baked
+    videos_baked: int = 0  # videos this run baked (failed ones not included)
     built: bool = False  # this run committed a fresh build
     added: int = 0  # videos this run added to a complete store
     retried: int = 0  # failed videos this run baked again
@@ -79,6 +102,16 @@ class BuildReport:
     def frames_per_second(self) -> float:
         """Frames baked by this run per second of it."""
         return self.frames_baked / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as one JSON object (`prebake build --json`): the store's counts, what
+        this run did, the failed videos with their reasons, bytes and seconds."""
+        data = {entry.name: getattr(self, entry.name) for entry in fields(self)}
+        data["store"] = str(self.store)
+        data["ok"] = not self.problems
+        data["frames_per_second"] = round(self.frames_per_second, 2)
+        data["seconds"] = round(self.seconds, 3)
+        return data
 
 
 def check_fields(fields: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -161,3 +194,16 @@ def _setting_label(key: str) -> str:
     """`params.masklets` -> `masklets` (as the option is named), `source.root` -> `source root`."""
     group, _, name = key.partition(".")
     return {"params": name, "source": f"source {name}"}.get(group, key)
+
+
+def read_video_ids(path: Path) -> list[str]:
+    """The video ids of a `--videos` file: one per line; blank lines and `#` comments (a whole
+    line, or the end of one) are skipped. PrebakeError (one line) when it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise PrebakeError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise PrebakeError(f"{path}: not a text file of video ids") from None
+    ids = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [video_id for video_id in ids if video_id]

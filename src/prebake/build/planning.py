@@ -35,12 +35,14 @@ def make_plan(
     """Plan `refs` (video row, where the video is) of a `kind` "build" or "append": open each
     (here, or in `executor`'s workers when there are many), give it rows from `base`'s capacity
     on, and record its source's fingerprint (from `tree`, the walk of the source)."""
-    from tqdm import tqdm
+    from prebake.progress import progress_bar
 
     # Fingerprints before the videos are opened: a change while planning shows later.
     fingerprints = {index: fingerprint(tree, ref) for index, ref in refs}
     units: list[UnitPlan] = []
-    with tqdm(total=len(refs), desc="planning", unit="video", disable=not options.progress) as bar:
+    with progress_bar(
+        total=len(refs), desc="planning", unit="video", disable=not options.progress
+    ) as bar:
         if refs:
             executor.warm_up()  # workers start (their imports) while we plan
         inline = options.workers <= 1 and options.dask is None

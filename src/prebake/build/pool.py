@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -48,12 +49,25 @@ def _ready() -> None:
 
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT while workers are spawned: they inherit the mask, then ignore SIGINT."""
+    """Block SIGINT while workers are spawned: they inherit the mask, then ignore SIGINT.
+
+    The mask is this thread's: the kernel may still hand a Ctrl-C to another thread (the
+    pool's manager thread), and Python would raise it here between starting a worker and
+    sending it its task (the worker then dies on an empty pipe, with a traceback). So a Ctrl-C
+    is only noted meanwhile, and raised once the workers are started."""
+    received: list[int] = []
+    main = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    if main:
+        handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending Ctrl-C arrives now
+        if main:
+            signal.signal(signal.SIGINT, handler)
+        if received:
+            raise KeyboardInterrupt
 
 
 class WorkerPool:

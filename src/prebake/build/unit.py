@@ -17,9 +17,16 @@ from typing import Any
 import numpy as np
 
 from prebake import transforms
+from prebake.build.resizing import (
+    ImageFields,
+    ImageRows,
+    Resizing,
+    exit_if_unusable,
+    frame_resizer,
+)
 from prebake.errors import PrebakeError, SourceError, one_line
 from prebake.sources import open_video
-from prebake.sources.base import VideoRef
+from prebake.sources.base import Video, VideoRef
 from prebake.storage import StorageOptions
 from prebake.store.layout import StoreDir
 from prebake.store.plan import UnitPlan, encode_ints, items_of
@@ -78,15 +85,18 @@ def bake_unit(
     params: dict[str, Any],
     storage_options: StorageOptions | None = None,
     schema_version: int = SCHEMA_VERSION,
+    resizing: Resizing | None = None,
 ) -> dict[str, Any]:
     """Bake one planned video into the rows it owns; return its record (never raises for bad input).
 
     Idempotent: it writes only the unit's own shards, each atomically, with the same bytes
     every time, so running it again (after a crash, or on another Dask worker) is harmless.
     `storage_options` are for a store or source named by URL; the arrays written are those of
-    `params`' fields, in the layout of `schema_version`. Raises StoreWriteError when the store
-    cannot be written (the store's fault, not the video's).
+    `params`' fields, in the layout of `schema_version`; `resizing` says where the images are
+    resized (Pillow by default; the bytes are the same either way). Raises StoreWriteError when
+    the store cannot be written (the store's fault, not the video's).
     """
+    exit_if_unusable()  # a worker whose CUDA context broke is replaced, not used
     unit = UnitPlan.from_json(unit_data)
     store = StoreDir(store_path, storage_options)
     specs = array_specs(schema_version)
@@ -102,7 +112,9 @@ def bake_unit(
     }
     started = time.perf_counter()
     try:
-        prompt_cells = _bake_frames(unit, streams, params, storage_options)
+        prompt_cells, resized_by = _bake_frames(
+            unit, streams, params, storage_options, resizing or Resizing()
+        )
         written = sum(stream.close() for stream in streams.values())
     except Exception as error:  # any failure of one video is recorded, never fatal to the build
         for stream in streams.values():
@@ -121,6 +133,7 @@ def bake_unit(
         "prompt_cells": encode_ints(np.array(prompt_cells), PROMPT_CELLS_DTYPE),
         "bytes": written,
         "seconds": round(time.perf_counter() - started, 3),
+        "resize": resized_by,
     }
 
 
@@ -149,7 +162,10 @@ def _bake_frames(
     streams: dict[str, RowStream],
     params: dict[str, Any],
     storage_options: StorageOptions | None,
-) -> list[int]:
+    resizing: Resizing,
+) -> tuple[list[int], str]:
+    """Every frame's images and every item's masks into the streams; return the items' prompt
+    cells and what resized the images."""
     video = open_video(unit.ref, storage_options)
     planned = (unit.frame_indices.tolist(), unit.masklets, unit.width, unit.height)
     found = (
@@ -165,36 +181,63 @@ def _bake_frames(
     items_at: list[list[tuple[int, int]]] = [[] for _ in unit.frame_indices]
     for t, k, area in unit.items.tolist():
         items_at[t].append((k, area))
-    prompt_cells = []
+    prompt_cells: list[int] = []
     frames = 0
-    pillow = params["pillow_rule"]
-    pixel = transforms.pixel_values  # schema v1: the float32 InternVL input
-    if "pixel_values" in streams and streams["pixel_values"].spec.dtype == "uint8":
-        pixel = transforms.pixel_levels  # v2: its uint8 levels, normalized on read
-    for t, frame in video.iter_frames(params["decoding"]["conversion"]):
-        if "pixel_values" in streams:
-            streams["pixel_values"].append(pixel(frame, pillow))
-        if "g_pixel_values" in streams:
-            streams["g_pixel_values"].append(transforms.g_pixel_values(frame, pillow))
-        del frame  # one frame at a time, whatever the video's length
-        for k, area in items_at[t]:
-            mask = video.mask(t, k)
-            if int(np.count_nonzero(mask)) != area:
-                raise SourceError(
-                    unit.annotations[0],
-                    f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area "
-                    "than its RLE counts",
-                )
-            if "masks" in streams:
-                streams["masks"].append(transforms.masks(mask))
-            prompt = transforms.prompt_masks(mask)  # its cells are in the items table
-            if "prompt_masks" in streams:
-                streams["prompt_masks"].append(prompt)
-            prompt_cells.append(int(prompt.sum()))
-        frames += 1
-        _progress(1)
+    images = ImageFields(
+        pixel_values="pixel_values" in streams,
+        g_pixel_values="g_pixel_values" in streams,
+        levels="pixel_values" in streams and streams["pixel_values"].spec.dtype == "uint8",
+    )
+    resizer = frame_resizer(
+        resizing, unit.frames, (unit.width, unit.height), params["pillow_rule"], images
+    )
+    try:
+        for t, frame in video.iter_frames(params["decoding"]["conversion"]):
+            _append_images(streams, resizer.push(frame))
+            del frame  # one frame (or one batch) at a time, whatever the video's length
+            prompt_cells += _bake_items(unit, video, t, items_at[t], streams)
+            frames += 1
+        _append_images(streams, resizer.flush())
+    finally:
+        resizer.close()
     if frames != len(unit.frame_indices):  # a source must yield every planned frame, or raise
         raise SourceError(
             unit.frames, f"gave {frames} of the {len(unit.frame_indices)} annotated frames"
         )
+    return prompt_cells, resizer.description
+
+
+def _append_images(streams: dict[str, RowStream], rows: ImageRows) -> None:
+    for pixel_values, g_pixel_values in rows:
+        if pixel_values is not None:
+            streams["pixel_values"].append(pixel_values)
+        if g_pixel_values is not None:
+            streams["g_pixel_values"].append(g_pixel_values)
+    if rows:
+        _progress(len(rows))
+
+
+def _bake_items(
+    unit: UnitPlan,
+    video: Video,
+    t: int,
+    items: list[tuple[int, int]],
+    streams: dict[str, RowStream],
+) -> list[int]:
+    """The masks and prompts of frame t's items into their streams; return their prompt cells."""
+    prompt_cells = []
+    for k, area in items:
+        mask = video.mask(t, k)
+        if int(np.count_nonzero(mask)) != area:
+            raise SourceError(
+                unit.annotations[0],
+                f"mask of masklet {unit.masklets[k]} at frame {t} decodes to another area "
+                "than its RLE counts",
+            )
+        if "masks" in streams:
+            streams["masks"].append(transforms.masks(mask))
+        prompt = transforms.prompt_masks(mask)  # its cells are in the items table
+        if "prompt_masks" in streams:
+            streams["prompt_masks"].append(prompt)
+        prompt_cells.append(int(prompt.sum()))
     return prompt_cells

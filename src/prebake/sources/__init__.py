@@ -22,7 +22,7 @@ from prebake.sources.discovery import (
     Stamp,
     walk,
 )
-from prebake.storage import RemotePath, listed
+from prebake.storage import RemotePath, listed, missing
 
 LAYOUTS = {"train": train, "frames": frames, "png": png}
 _VIDEO_CLASSES: dict[str, Callable[..., Video]] = {
@@ -73,7 +73,12 @@ def find_videos(
     """
     src = listed(src)
     if not src.is_dir():
-        raise PrebakeError(f"{src}: source folder not found")
+        if src.is_file():
+            raise PrebakeError(
+                f"{src}: is a file; the source is the folder that holds the SA-V videos "
+                "(--videos FILE bakes some of them)"
+            )
+        raise PrebakeError(f"{src}: {missing(src, 'source folder')}")
     tree = walk(src)
     names = list(LAYOUTS) if layout == "auto" else [layout]
     found: dict[str, VideoRef] = {}

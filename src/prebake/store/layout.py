@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from prebake.errors import StoreError
-from prebake.storage import RemotePath, as_path, zarr_store
+from prebake.storage import RemotePath, as_path, missing, zarr_store
 from prebake.store.columns import read_column, write_column
 from prebake.store.schema import (
     SCHEMA_NAME,
@@ -73,20 +73,24 @@ class StoreDir:
     def require_complete(self) -> dict[str, Any]:
         """The attributes of a complete store; StoreError (one line) for anything else."""
         if not self.path.exists():
-            raise StoreError(f"{self.path}: no such store")
+            raise StoreError(f"{self.path}: {missing(self.path, 'store')}")
         attrs = self.attrs()
-        if attrs is None and self.build_dir.is_dir():
-            raise StoreError(
-                f"{self.path}: store is incomplete (its build stopped while planning); "
-                "rerun the same prebake build to finish it"
-            )
-        if attrs is None:
+        if attrs is None and not self.build_dir.is_dir():
             raise StoreError(
                 f"{self.path}: not a prebake store (no prebake attributes in zarr.json)"
             )
-        if attrs.get("state") != "complete":
+        if attrs is None or attrs.get("state") != "complete":
+            from prebake.store.lock import holder_text, live_build
+
+            holder = live_build(self.lock_path)
+            if holder is not None:
+                raise StoreError(
+                    f"{self.path}: store is being built right now ({holder_text(holder)}); "
+                    "wait for that build to finish"
+                )
+            stopped = "while planning" if attrs is None else f"state {attrs.get('state')!r}"
             raise StoreError(
-                f"{self.path}: store is incomplete (state {attrs.get('state')!r}); "
+                f"{self.path}: store is incomplete (its build stopped, {stopped}); "
                 "rerun the same prebake build to finish it"
             )
         return attrs

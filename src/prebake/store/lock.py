@@ -92,6 +92,42 @@ class StoreLock:
         self.release()
 
 
+def live_build(lock_path: Path | RemotePath) -> dict[str, object] | None:
+    """The record ({host, pid, since}) of the build that holds this lock now, or None when no
+    build runs (a lock left by a dead build is free). Never takes the lock from a build: the
+    probe is a shared flock held for an instant (a build starting in that instant is told to
+    wait, as it would be by any running build), or a read of the remote lock's heartbeat."""
+    if isinstance(lock_path, RemotePath):
+        try:
+            holder = json.loads(lock_path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(holder, dict):
+            return None
+        age = time.time() - float(holder.get("heartbeat") or 0)
+        return holder if age < STALE_SECONDS else None
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_holder(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return None
+
+
+def holder_text(holder: dict[str, object]) -> str:
+    return (
+        f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+        f"since {holder.get('since', '?')}"
+    )
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         opened, current = os.fstat(fd), os.stat(path)

@@ -21,7 +21,7 @@ from prebake.verify.context import VerifyContext
 def check_shards(context: VerifyContext) -> bool:
     """Read every referenced shard file once; check index and chunk crc32c. Sets the rows found
     damaged (later checks skip them: their problem is filed)."""
-    from tqdm import tqdm
+    from prebake.progress import progress_bar
 
     referenced = {name: _referenced_rows(context, name) for name in context.fields}
     files = {
@@ -35,7 +35,7 @@ def check_shards(context: VerifyContext) -> bool:
     damaged = context.damaged
     read = chunks = shard_count = 0
     started = time.perf_counter()
-    with tqdm(
+    with progress_bar(
         total=total, desc="integrity", unit="B", unit_scale=True, disable=not context.progress
     ) as bar:
         for name in context.fields:

@@ -3,16 +3,47 @@ of checks covered, as text (`summary`) and as JSON (`to_json`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 SUMMARY_PROBLEMS = 100  # problems printed by summary(); to_json() has them all
+TABLE_GROUPS = ("frames", "items", "videos")
+# Messages open with what they are about: "<array or table>[ row <n>]" then " (", ":" or " ".
+_SUBJECT = re.compile(r"(?P<array>[a-z_]+(?:/[a-z_]+)?)(?: row (?P<row>\d+))?(?=[ :(]|$)")
+
+
+@cache
+def _array_names() -> frozenset[str]:
+    from prebake.store.schema import array_specs
+
+    return frozenset(array_specs()) | frozenset(TABLE_GROUPS)
 
 
 @dataclass(frozen=True)
 class Problem:
     check: str  # the name of the check that found it (`prebake verify --help` lists them)
     message: str  # one line naming the array, row or file
+
+    @property
+    def array(self) -> str | None:
+        """The data array or table the problem is in (None: a file, the root's attributes)."""
+        return self._subject()[0]
+
+    @property
+    def row(self) -> int | None:
+        """The row of `array` the problem is in (None: the whole array, or no array)."""
+        return self._subject()[1]
+
+    def _subject(self) -> tuple[str | None, int | None]:
+        match = _SUBJECT.match(self.message)
+        if match is None or match["array"] not in _array_names():
+            return None, None
+        return match["array"], int(match["row"]) if match["row"] else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "array": self.array, "row": self.row, "message": self.message}
 
 
 @dataclass
@@ -102,7 +133,7 @@ class VerifyReport:
         return {
             "store": self.store,
             "ok": self.ok,
-            "problems": self.problems,
+            "problems": [problem.to_json() for problem in self.found],
             "schema": self.schema,
             "integrity": {**self.integrity, "mb_per_s": round(self.integrity_mb_per_s, 1)},
             "semantics": self.semantics,

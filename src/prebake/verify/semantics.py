@@ -335,9 +335,9 @@ def _each(
 ) -> None:
     """`check(row)` for each of `rows`, with a progress bar; a row that cannot be read is a
     problem of its own (its check goes no further)."""
-    from tqdm import tqdm
+    from prebake.progress import progress_bar
 
-    with tqdm(total=len(rows), desc=desc, unit="row", disable=not context.progress) as bar:
+    with progress_bar(total=len(rows), desc=desc, unit="row", disable=not context.progress) as bar:
         for row in rows.tolist():
             try:
                 check(row)

@@ -26,8 +26,7 @@ def pillow_rule(params: dict[str, Any]) -> Any:
 def check_source(context: VerifyContext) -> bool:
     """Sampled items (`samples`; None: every item and every frame) re-derived from the source
     with the reference decoder and transforms, and compared bit for bit."""
-    from tqdm import tqdm
-
+    from prebake.progress import progress_bar
     from prebake.sources import discover, open_video
 
     if pillow_rule(context.params) not in transforms.PILLOW_RULES:
@@ -59,7 +58,9 @@ def check_source(context: VerifyContext) -> bool:
     frames_done = items_done = 0
     decoders: set[str] = set()
     total = sum(len(frames) for frames in wanted_frames.values())
-    with tqdm(total=total, desc="source", unit="frame", disable=not context.progress) as bar:
+    with progress_bar(
+        total=total, desc="source", unit="frame", disable=not context.progress
+    ) as bar:
         for video in sorted(wanted_frames):
             video_id = context.video_ids[video]
             if video_id not in refs:
