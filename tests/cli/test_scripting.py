@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import typer.main
 import zarr
-from helpers.stores import CLI
+from helpers.stores import CLI, video_ids
 from typer.testing import CliRunner
 
 import prebake
@@ -121,7 +121,7 @@ def test_videos_file_takes_blank_lines_and_comments(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["videos"] == 1
-    assert list(zarr.open_group(out, mode="r")["videos/video_id"][:]) == ["sav_900001"]
+    assert video_ids(zarr.open_group(out, mode="r")) == ["sav_900001"]
 
 
 def test_build_options_and_the_command_share_their_defaults() -> None:
