@@ -203,6 +203,16 @@ def test_threads_stop_on_break_exception_gc_and_a_new_iteration(train_store: Pat
     del second
     assert not loader_threads()
 
+    for _ in range(2):  # complete epochs: the threads wait for the next, then stop with the loader
+        assert sum(len(batch["video_id"]) for batch in loader) > 0
+        assert len(loader_threads()) == 3
+    loader.close()
+    assert not loader_threads()
+    list(loader)
+    del loader
+    gc.collect()
+    assert not loader_threads()
+
 
 def run_child(script: str, *args: str, timeout: float = 60) -> subprocess.Popen[str]:
     return subprocess.Popen(

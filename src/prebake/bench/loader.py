@@ -36,8 +36,9 @@ from prebake.bench.reader import _memory_status, _release_free_heap
 from prebake.bench.targets import LOADER_TARGETS, format_verdict
 from prebake.errors import StoreError
 from prebake.reader import LOOP1_FIELDS, PrebakedDataset, PrebakedLoader
+from prebake.reader.dataset import OUTPUT_DTYPES
 from prebake.reader.order import epoch_permutation
-from prebake.reader.rows import normalize_into
+from prebake.reader.rows import normalize_into, page_aligned_empty
 from prebake.store.schema import ITEM_ARRAYS, array_specs
 from prebake.store.shard import CHECKSUM_BYTES, read_index, shard_key
 from prebake.transforms import pixel_table
@@ -197,6 +198,7 @@ class _Floor:
             offset, nbytes = (int(value) for value in indexes[path][local])
             return maps[path][offset : offset + nbytes - CHECKSUM_BYTES]
 
+        self.buffers: list[dict[str, np.ndarray]] = []  # one batch per thread
         self.plan = []
         for index in order:
             item = int(tables.selected[index])
@@ -207,20 +209,26 @@ class _Floor:
 
     def run(self, threads: int) -> None:
         shares = [self.plan[start::threads] for start in range(threads)]
-        workers = [threading.Thread(target=self._copy, args=(share,)) for share in shares[1:]]
+        while len(self.buffers) < threads:  # preallocated once, reused by every run
+            self.buffers.append(self._batch())
+        workers = [
+            threading.Thread(target=self._copy, args=(share, self.buffers[number + 1]))
+            for number, share in enumerate(shares[1:])
+        ]
         for worker in workers:
             worker.start()
-        self._copy(shares[0])
+        self._copy(shares[0], self.buffers[0])
         for worker in workers:
             worker.join()
 
-    def _copy(self, plan: list[list[np.ndarray]]) -> None:
-        from prebake.reader.dataset import OUTPUT_DTYPES
-
-        batch = {
-            name: torch.empty((BATCH_SIZE, *spec.row_shape), dtype=OUTPUT_DTYPES[name]).numpy()
+    def _batch(self) -> dict[str, np.ndarray]:
+        """A batch's tensors (page-aligned, as the loader's), numpy views."""
+        return {
+            name: page_aligned_empty((BATCH_SIZE, *spec.row_shape), OUTPUT_DTYPES[name]).numpy()
             for name, spec in self.specs.items()
         }
+
+    def _copy(self, plan: list[list[np.ndarray]], batch: dict[str, np.ndarray]) -> None:
         zstd = numcodecs.Zstd()
         scratch = np.empty((1024, 1024), np.uint8)  # a decoded mask
         for step, chunks in enumerate(plan):

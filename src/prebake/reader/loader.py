@@ -59,9 +59,10 @@ class PrebakedLoader:
     ranks, each served once (save for the padding, as above).
 
     Threads: `num_threads` (default: the usable CPUs, at most 4) fill the next `prefetch`
-    batches while the caller works; they are started by each iteration and stopped when it
-    ends, is left (`break`, an exception, Ctrl-C) or is garbage-collected, or when a new
-    iteration starts. An error reading the store (`StoreError`, one line naming the file:
+    batches while the caller works. They wait, idle, from one complete epoch to the next, and
+    stop when an iteration is left early (`break`, an exception, Ctrl-C, the iterator
+    garbage-collected, a new iteration started), on `close()`, and when the loader is
+    garbage-collected or the interpreter exits. An error reading the store (`StoreError`, one line naming the file:
     a shard truncated while being read, for instance) is raised by the loop.
 
     Devices: with `device="cpu"` a batch's tensors are views of buffers the loader reuses:
@@ -125,6 +126,8 @@ class PrebakedLoader:
         self.cursor = EpochCursor(len(self.dataset), int(seed), bool(shuffle), bool(drop_last))
         self._ring: list[BatchBuffers] | None = None  # allocated on first use, then reused
         self._copies: DeviceCopies | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_finalizer: weakref.finalize | None = None
         self._active: weakref.ref[Generator[dict[str, Any], None, None]] | None = None
         self._pass_start = self.cursor  # the position the current pass started from
         self._handed = 0  # items this rank handed out in the current pass
@@ -197,7 +200,8 @@ class PrebakedLoader:
     ) -> Generator[dict[str, Any], None, None]:
         ring = self._buffers()
         copies = self._device_copies()
-        pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="prebake-loader")
+        pool = self._threads()
+        completed = False
         filling: dict[int, list[Future[list[dict[str, Any]]]]] = {}
         copying: dict[int, tuple[dict[str, torch.Tensor], Any]] = {}
         submitted = 0
@@ -235,14 +239,35 @@ class PrebakedLoader:
                 batch = {**fields, **collated}
                 self._handed += len(items)
                 yield batch
+            completed = True
         finally:
-            for futures in filling.values():
-                for future in futures:
-                    future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not completed:  # left early: stop the threads (they finish the row in hand)
+                for futures in filling.values():
+                    for future in futures:
+                        future.cancel()
+                self._stop_pool()
             finished = self._handed == self._pass_items
             self.cursor = start.after(self._handed, self.world_size, finished)
             self._active = None
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """The filling threads: kept from one complete epoch to the next (with their open
+        files), stopped when an iteration is left early, by `close()`, or with the loader."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="prebake-loader")
+            self._pool_finalizer = weakref.finalize(self, _stop_threads, self._pool)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the threads now (a later iteration starts new ones); the position stays."""
+        self._stop_active()
+        self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and self._pool_finalizer is not None:
+            self._pool_finalizer.detach()
+            _stop_threads(pool)
 
     def _fill(self, buffers: BatchBuffers, items: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """In a thread: read (slot, dataset index) pairs into their slots; their metadata."""
@@ -274,6 +299,10 @@ class PrebakedLoader:
             f"fields={self.dataset.fields}, rank={self.rank}/{self.world_size}, "
             f"device={str(self.device)!r}): {len(self)} batches of {len(self.dataset)} items"
         )
+
+
+def _stop_threads(pool: ThreadPoolExecutor) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_threads() -> int:

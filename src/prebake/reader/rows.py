@@ -212,6 +212,7 @@ class ShardRows:
         # nothing. A raw image chunk's crc costs more than copying it; `prebake verify` checks.
         self.verify = layout.checksummed and (verify_checksums or self.compressed)
         self.dtype = spec.numpy_dtype  # computed once: the property builds a new dtype each call
+        self.row_nbytes = spec.row_nbytes  # likewise (np.prod per call costs more than a read)
         self.zstd = numcodecs.Zstd() if self.compressed else None
         # Decoded or stored values (page-aligned: a faster pread target).
         self.scratch = page_aligned_empty(spec.row_shape, SERVED_AS[self.dtype]).numpy()
@@ -240,9 +241,9 @@ class ShardRows:
             self.zstd.decode(chunk[:size], out=self.scratch)
             self._serve(self.scratch, out)
             return
-        if size != self.spec.row_nbytes:
+        if size != self.row_nbytes:
             raise StoreError(
-                f"{path}: a chunk is not {self.spec.row_nbytes + self.crc_bytes} bytes long"
+                f"{path}: a chunk is not {self.row_nbytes + self.crc_bytes} bytes long"
             )
         direct = out.dtype == self.dtype and out.flags.c_contiguous
         target = out if direct else self.scratch
