@@ -10,6 +10,8 @@ the floor, all four fields and Loop 1's, in one run, on the same items in the sa
   `pixel_values` through the normalization table, masks zstd-decoded and cast to float32), by
   one thread, and by as many threads as the loader uses, each on its share of the items with
   its own buffers (no queue, no ordering, no metadata): the targets compare with the latter;
+  and, as a measurement, the same with the rows read by `os.preadv` (the loader's robust read:
+  no SIGBUS when a shard is truncated) instead of copied out of memory maps;
 - memory: a fresh (spawned) process runs the loader for several epochs; RssAnon after
   `malloc_trim(0)` at the end of each (memory in use: buffers, tables, open files).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import statistics
 import threading
 import time
@@ -62,6 +65,7 @@ def bench_loader(store: Path, *, items: int) -> dict[str, Any]:
         ratios[f"{label}_vs_dataloader"] = speed[label]["loader"] / speed[label]["dataloader"]
         ratios[f"{label}_vs_floor"] = speed[label]["loader"] / speed[label]["floor_threads"]
         ratios[f"{label}_vs_floor_1"] = speed[label]["loader"] / speed[label]["floor_1"]
+        ratios[f"{label}_vs_floor_pread"] = speed[label]["loader"] / speed[label]["floor_pread"]
     results["ratios"] = ratios
     results["verdicts"] = [target.check(ratios[target.key]) for target in LOADER_TARGETS]
     results["memory"] = _loader_memory(store)
@@ -81,6 +85,7 @@ def format_loader(results: dict[str, Any]) -> list[str]:
         (f"DataLoader(num_workers={DATALOADER_WORKERS})", "dataloader"),
         (f"floor, {threads} threads", "floor_threads"),
         ("floor, 1 thread", "floor_1"),
+        (f"floor by pread, {threads} threads", "floor_pread"),
     )
     for label, key in rows:
         lines.append(f"  {label:36s} {speed['all'][key]:16.1f} {speed['loop1'][key]:14.1f}")
@@ -88,6 +93,7 @@ def format_loader(results: dict[str, Any]) -> list[str]:
         ("loader / DataLoader", "vs_dataloader"),
         (f"loader / floor, {threads} threads", "vs_floor"),
         ("loader / floor, 1 thread", "vs_floor_1"),
+        (f"loader / floor by pread, {threads} thr.", "vs_floor_pread"),
     ):
         lines.append(f"  {label:36s} {ratios['all_' + key]:15.2f}x {ratios['loop1_' + key]:13.2f}x")
     memory = results["memory"]
@@ -140,11 +146,13 @@ def _speeds(store: Path, fields: tuple[str, ...] | None, items: int) -> dict[str
 
     for run in (run_loader, run_dataloader, lambda: floor.run(1)):  # warm up: cache, workers
         run()
+    floor.run(1, pread=True)
     runs: dict[str, Callable[[], None]] = {
         "loader": run_loader,
         "dataloader": run_dataloader,
         "floor_threads": lambda: floor.run(loader.num_threads),
         "floor_1": lambda: floor.run(1),
+        "floor_pread": lambda: floor.run(loader.num_threads, pread=True),
     }
     rates: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(ROUNDS):
@@ -152,6 +160,7 @@ def _speeds(store: Path, fields: tuple[str, ...] | None, items: int) -> dict[str
             started = time.perf_counter()
             run()
             rates[key].append(reads / (time.perf_counter() - started))
+    floor.close()
     return {
         **{key: statistics.median(values) for key, values in rates.items()},
         "reads": reads,
@@ -176,8 +185,8 @@ class _Orders(torch.utils.data.Sampler[int]):
 
 
 class _Floor:
-    """The items' rows copied into preallocated batch tensors out of memory maps, every offset
-    looked up beforehand."""
+    """The items' rows copied into preallocated batch tensors, every offset looked up
+    beforehand: out of memory maps, or (`pread=True`) by `os.preadv` as the loader reads."""
 
     def __init__(self, store: Path, dataset: PrebakedDataset, order: list[int]) -> None:
         tables = dataset._ensure_tables()
@@ -185,20 +194,25 @@ class _Floor:
         self.fields = dataset.fields
         self.specs = {name: specs[name] for name in self.fields}
         self.table = pixel_table() if specs["pixel_values"].dtype == "uint8" else None
-        maps: dict[Path, np.memmap] = {}
-        indexes: dict[Path, np.ndarray] = {}
+        self.files: dict[Path, tuple[np.memmap, int, np.ndarray]] = {}
+        self.buffers: list[dict[str, np.ndarray]] = []  # one batch per thread, reused
 
-        def locate(name: str, row: int) -> np.ndarray:
+        def locate(name: str, row: int) -> tuple[np.ndarray, int, int]:
+            """The row's bytes in the memory map, the shard's descriptor and the offset."""
             spec, rows_per_shard = specs[name], dataset.layouts[name].rows_per_shard
             shard, local = divmod(row, rows_per_shard)
             path = store / shard_key(name, 1 + len(spec.row_shape), shard)
-            if path not in maps:
-                maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
-                indexes[path] = read_index(path, rows_per_shard)
-            offset, nbytes = (int(value) for value in indexes[path][local])
-            return maps[path][offset : offset + nbytes - CHECKSUM_BYTES]
+            if path not in self.files:
+                mapped = np.memmap(path, dtype=np.uint8, mode="r")
+                self.files[path] = (
+                    mapped,
+                    os.open(path, os.O_RDONLY),
+                    read_index(path, rows_per_shard),
+                )
+            mapped, fd, index = self.files[path]
+            offset, nbytes = (int(value) for value in index[local])
+            return mapped[offset : offset + nbytes - CHECKSUM_BYTES], fd, offset
 
-        self.buffers: list[dict[str, np.ndarray]] = []  # one batch per thread
         self.plan = []
         for index in order:
             item = int(tables.selected[index])
@@ -207,17 +221,22 @@ class _Floor:
                 [locate(n, rows["item" if n in ITEM_ARRAYS else "frame"]) for n in self.fields]
             )
 
-    def run(self, threads: int) -> None:
+    def close(self) -> None:
+        for _, fd, _ in self.files.values():
+            os.close(fd)
+        self.files.clear()
+
+    def run(self, threads: int, pread: bool = False) -> None:
         shares = [self.plan[start::threads] for start in range(threads)]
-        while len(self.buffers) < threads:  # preallocated once, reused by every run
+        while len(self.buffers) < threads:
             self.buffers.append(self._batch())
         workers = [
-            threading.Thread(target=self._copy, args=(share, self.buffers[number + 1]))
+            threading.Thread(target=self._copy, args=(share, self.buffers[number + 1], pread))
             for number, share in enumerate(shares[1:])
         ]
         for worker in workers:
             worker.start()
-        self._copy(shares[0], self.buffers[0])
+        self._copy(shares[0], self.buffers[0], pread)
         for worker in workers:
             worker.join()
 
@@ -228,20 +247,30 @@ class _Floor:
             for name, spec in self.specs.items()
         }
 
-    def _copy(self, plan: list[list[np.ndarray]], batch: dict[str, np.ndarray]) -> None:
+    def _copy(self, plan: list[list[Any]], batch: dict[str, np.ndarray], pread: bool) -> None:
         zstd = numcodecs.Zstd()
-        scratch = np.empty((1024, 1024), np.uint8)  # a decoded mask
-        for step, chunks in enumerate(plan):
+        mask = np.empty((1024, 1024), np.uint8)  # a decoded mask
+        levels = page_aligned_empty((3, 448, 448), torch.uint8).numpy()
+        chunk_buffer = page_aligned_empty((1 << 21,), torch.uint8).numpy()
+        for step, rows in enumerate(plan):
             slot = step % BATCH_SIZE
-            for name, chunk in zip(self.fields, chunks, strict=True):
+            for name, (mapped, fd, offset) in zip(self.fields, rows, strict=True):
                 out = batch[name][slot]
-                if name == "masks":
-                    zstd.decode(chunk, out=scratch)
-                    np.copyto(out, scratch, casting="unsafe")
-                elif name == "pixel_values" and self.table is not None:
-                    normalize_into(chunk.reshape(out.shape), self.table, out)
+                through_table = name == "pixel_values" and self.table is not None
+                if name == "masks" or through_table:
+                    chunk = mapped
+                    if pread:
+                        chunk = (levels if through_table else chunk_buffer)[: mapped.size]
+                        os.preadv(fd, [chunk.reshape(-1).data], offset)
+                    if through_table:
+                        normalize_into(chunk.reshape(out.shape), self.table, out)  # type: ignore[arg-type]
+                    else:
+                        zstd.decode(chunk, out=mask)
+                        np.copyto(out, mask, casting="unsafe")
+                elif pread:
+                    os.preadv(fd, [out.reshape(-1).view(np.uint8).data], offset)
                 else:
-                    out.reshape(-1).view(np.uint8)[:] = chunk
+                    out.reshape(-1).view(np.uint8)[:] = mapped
 
 
 def _loader_memory(store: Path) -> dict[str, Any]:
