@@ -178,12 +178,13 @@ def test_bench_loader_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
 def loader_results(all_vs_dataloader: float, all_vs_floor: float) -> dict[str, Any]:
     """What `bench_loader` returns, with these figures (no measurement is made here)."""
     speed = {"loader": 800.0, "dataloader": 800.0 / all_vs_dataloader}
-    speed |= {"floor_threads": 800.0 / all_vs_floor, "floor_1": 700.0}
+    speed |= {"floor_threads": 800.0 / all_vs_floor, "floor_1": 700.0, "floor_pread": 850.0}
     ratios = {}
     for label in ("all", "loop1"):
         ratios[f"{label}_vs_dataloader"] = all_vs_dataloader
         ratios[f"{label}_vs_floor"] = all_vs_floor
         ratios[f"{label}_vs_floor_1"] = 800.0 / 700.0
+        ratios[f"{label}_vs_floor_pread"] = 800.0 / 850.0
     return {
         "store": "s.zarr",
         "batch_size": 8,
