@@ -491,10 +491,20 @@ def bench(
     gpu_device: Annotated[
         str, typer.Option("--gpu-device", help="The CUDA device of --gpu: cuda or cuda:N.")
     ] = "cuda",
+    gpu_loader: Annotated[
+        bool,
+        typer.Option(
+            "--gpu-loader",
+            help="Only measure PrebakedLoader(device='cuda') on STORE against DataLoader("
+            "num_workers=8, pin_memory=True) and check its batches equal the CPU path's on the "
+            "device (needs CUDA; scripts/gpu_loader_check.sh).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Measure reader speed against the memmap floor, zarr-python and on-the-fly (ratios, one
-    run); build scaling, discovery, appends, store schemas and the GPU check on request."""
+    """Measure reader speed against the memmap floor, zarr-python and on-the-fly, and
+    PrebakedLoader against DataLoader(num_workers=2) and the floor (ratios, one run); build
+    scaling, discovery, appends, store schemas and the GPU checks on request."""
     from prebake.bench import format_bench, run_bench
     from prebake.bench.targets import failed
 
@@ -505,6 +515,8 @@ def bench(
         _fail(f"--gpu-device must be cuda or cuda:N, not {gpu_device!r}")
     if store is None and src is not None:
         _fail("--src times the reader's on-the-fly comparison: give a store too")
+    if gpu_loader and store is None:
+        _fail("--gpu-loader measures the loader on a store: give one")
     try:
         results = run_bench(
             store,
@@ -516,6 +528,7 @@ def bench(
             schemas_src=schemas,
             gpu=gpu_device if gpu else None,
             echo=lambda line: typer.echo(line, err=True),
+            gpu_loader=gpu_loader,
         )
     except PrebakeError as error:
         _fail(str(error))

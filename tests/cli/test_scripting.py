@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import prebake
 from prebake.bench import format_bench
-from prebake.bench.targets import BUILD_TARGETS, READER_TARGETS
+from prebake.bench.targets import BUILD_TARGETS, LOADER_TARGETS, READER_TARGETS
 from prebake.build import BuildOptions
 from prebake.build.options import default_workers
 from prebake.cli import app
@@ -159,6 +159,41 @@ def test_bench_verdicts_only_for_documented_targets(monkeypatch: pytest.MonkeyPa
     results["reader"] = reader_results(all_vs_floor=0.9)
     passed = CliRunner().invoke(app, ["bench", "--discovery", "10"])
     assert passed.exit_code == 0 and "FAIL" not in passed.output
+
+
+def test_bench_loader_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader's targets (all four fields) are printed PASS or FAIL; a miss exits 1."""
+    results = {"loader": loader_results(all_vs_dataloader=5.0, all_vs_floor=0.7)}
+    text = format_bench(results)
+    verdicts = [line for line in text.splitlines() if line.lstrip().startswith(("PASS", "FAIL"))]
+    assert [line[8:36].strip() for line in verdicts] == [t.label for t in LOADER_TARGETS]
+    assert [line.lstrip()[:4] for line in verdicts] == ["PASS", "FAIL"]
+    monkeypatch.setattr("prebake.bench.run_bench", lambda *args, **kwargs: results)
+    failed = CliRunner().invoke(app, ["bench", "--discovery", "10"])
+    assert failed.exit_code == 1 and "loader / floor, same threads" in failed.output
+    results["loader"] = loader_results(all_vs_dataloader=5.0, all_vs_floor=0.9)
+    assert CliRunner().invoke(app, ["bench", "--discovery", "10"]).exit_code == 0
+
+
+def loader_results(all_vs_dataloader: float, all_vs_floor: float) -> dict[str, Any]:
+    """What `bench_loader` returns, with these figures (no measurement is made here)."""
+    speed = {"loader": 800.0, "dataloader": 800.0 / all_vs_dataloader}
+    speed |= {"floor_threads": 800.0 / all_vs_floor, "floor_1": 700.0, "floor_pread": 850.0}
+    ratios = {}
+    for label in ("all", "loop1"):
+        ratios[f"{label}_vs_dataloader"] = all_vs_dataloader
+        ratios[f"{label}_vs_floor"] = all_vs_floor
+        ratios[f"{label}_vs_floor_1"] = 800.0 / 700.0
+        ratios[f"{label}_vs_floor_pread"] = 800.0 / 850.0
+    return {
+        "store": "s.zarr",
+        "batch_size": 8,
+        "threads": 2,
+        "items_per_s": {"all": {**speed, "reads": 232}, "loop1": {**speed, "reads": 232}},
+        "ratios": ratios,
+        "verdicts": [t.check(ratios[t.key]) for t in LOADER_TARGETS],
+        "memory": {"vm_rss": [650.0] * 3, "rss_anon_in_use": [458.0] * 3, "items_per_epoch": 58},
+    }
 
 
 def reader_results(all_vs_floor: float) -> dict[str, Any]:

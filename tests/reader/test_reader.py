@@ -405,18 +405,28 @@ def test_pickles_small_and_reopens(train_store: Path, view: StoreView) -> None:
     assert_bitwise_equal(clone[1], first)
 
 
-def store_mappings(store: Path) -> int:
-    lines = Path("/proc/self/maps").read_text().splitlines()
-    return len({line.split()[-1] for line in lines if str(store.resolve()) in line})
+def store_files_open(store: Path) -> int:
+    """Descriptors (and memory maps) this process holds on the store's files."""
+    root = str(store.resolve())
+    targets = []
+    for link in Path("/proc/self/fd").iterdir():
+        try:
+            targets.append(str(link.readlink()))
+        except OSError:  # closed since listed
+            continue
+    maps = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()]
+    return len([t for t in targets if t.startswith(root)]) + len({m for m in maps if root in m})
 
 
 def test_open_shards_are_bounded(train_store: Path) -> None:
-    already = store_mappings(train_store)
+    already = store_files_open(train_store)
     dataset = PrebakedDataset(train_store, max_open_shards=3)
     for index in range(len(dataset)):
         dataset[index]
-        assert store_mappings(train_store) <= already + 3
-    assert store_mappings(train_store) == already + 3  # more shards than 3: the LRU evicted
+        assert store_files_open(train_store) <= already + 3
+    assert store_files_open(train_store) == already + 3  # more shards than 3: the LRU evicted
+    del dataset
+    assert store_files_open(train_store) == already  # closed with the dataset
 
 
 # -- DataLoader, workers, samplers ----------------------------------------------------------------

@@ -1,8 +1,10 @@
 """`prebake bench`: speed and memory measured side by side in one run, reported as ratios.
 
-Reader measurements live in `bench.reader`, build measurements (worker scaling, bare compute,
-peak RSS) in `bench.build`, source measurements (discovery of a large tree, an append against a
-rebuild) in `bench.sources`, the GPU check of issue 16 in `bench.gpu`; this module only composes and formats them.
+Reader measurements live in `bench.reader`, the loader's (`PrebakedLoader` against a
+DataLoader with workers and the floor) in `bench.loader`, build measurements (worker scaling,
+bare compute, peak RSS) in `bench.build`, source measurements (discovery of a large tree, an
+append against a rebuild) in `bench.sources`, the GPU check of issue 16 in `bench.gpu`, the CUDA
+loader's in `bench.gpu_loader`; this module only composes and formats them.
 """
 
 from __future__ import annotations
@@ -23,14 +25,24 @@ def run_bench(
     schemas_src: Path | None = None,
     gpu: str | None = None,
     echo: Callable[[str], None] = lambda line: None,
+    gpu_loader: bool = False,
 ) -> dict[str, Any]:
-    """The reader (on `store`), build, discovery, append, schema and GPU (on device `gpu`)
-    measurements asked for; `echo` hears the GPU check's progress."""
+    """The reader and loader (on `store`), build, discovery, append, schema and GPU (on device
+    `gpu`) measurements asked for; `echo` hears the GPU check's progress. `gpu_loader`: only
+    the CUDA loader's check on `store`."""
     results: dict[str, Any] = {}
+    if store is not None and gpu_loader:  # on its own: a short check for a CUDA machine
+        from prebake.bench.gpu_loader import bench_gpu_loader
+
+        results["gpu_loader"] = bench_gpu_loader(store)
+        return results
     if store is not None:
         from prebake.bench.reader import bench_reader
 
         results["reader"] = bench_reader(store, src=src, items=items)
+        from prebake.bench.loader import bench_loader
+
+        results["loader"] = bench_loader(store, items=items)
     if build_src is not None:
         from prebake.bench.build import bench_build
 
@@ -60,6 +72,14 @@ def format_bench(results: dict[str, Any]) -> str:
         from prebake.bench.reader import format_reader
 
         lines += format_reader(results["reader"])
+    if "gpu_loader" in results:
+        from prebake.bench.gpu_loader import format_gpu_loader
+
+        lines += format_gpu_loader(results["gpu_loader"])
+    if "loader" in results:
+        from prebake.bench.loader import format_loader
+
+        lines += format_loader(results["loader"])
     if "build" in results:
         from prebake.bench.build import format_build
 

@@ -46,6 +46,14 @@ BUILD_TARGETS = (
 )
 
 
+# The loader's (issue 13): PrebakedLoader's items/s, all four fields, against
+# DataLoader(PrebakedDataset, num_workers=2) and the floor with as many threads, side by side.
+LOADER_TARGETS = (
+    Target("all_vs_dataloader", "loader / 2-worker DataLoader", ">=", 4.0, "x"),
+    Target("all_vs_floor", "loader / floor, same threads", ">=", 0.8, "x"),
+)
+
+
 def format_verdict(verdict: dict[str, Any]) -> str:
     return (
         f"  {'PASS' if verdict['passed'] else 'FAIL'}  {verdict['target']:28s} "
@@ -72,5 +80,6 @@ def targets_help() -> str:
 
     return (
         f"reader (STORE): {listed(READER_TARGETS)}.\n\n"
+        f"loader (STORE, all four fields): {listed(LOADER_TARGETS)}.\n\n"
         f"build (--build-src): {listed(BUILD_TARGETS)}."
     )

@@ -4,7 +4,11 @@
   indexes, the zarr-python fallback), per process; glibc's allocator tuning;
 - `layout`: how each array is read (memory-mapped or through zarr-python), decided at open;
 - `items`: which items are served and where their rows are (row tables, filters, clip keys);
-- `dataset`: `PrebakedDataset`, items and clips assembled as torch tensors.
+- `dataset`: `PrebakedDataset`, items and clips assembled as torch tensors;
+- `order`: the order items are served in per epoch and rank, and the position a checkpoint
+  saves (`PrebakedSampler`, and `PrebakedLoader`'s order);
+- `buffers`: the loader's reused batch buffers and the conversions on a CUDA device;
+- `loader`: `PrebakedLoader`, batches filled by threads of the training process.
 """
 
 from prebake.reader.dataset import (
@@ -15,6 +19,8 @@ from prebake.reader.dataset import (
     OUTPUT_DTYPES,
     PrebakedDataset,
 )
+from prebake.reader.loader import PrebakedLoader
+from prebake.reader.order import PrebakedSampler
 from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, tune_allocator
 
 __all__ = [
@@ -25,5 +31,7 @@ __all__ = [
     "METADATA_KEYS",
     "OUTPUT_DTYPES",
     "PrebakedDataset",
+    "PrebakedLoader",
+    "PrebakedSampler",
     "tune_allocator",
 ]

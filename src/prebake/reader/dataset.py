@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,12 @@ from torch.utils.data import Dataset
 from prebake.errors import StoreError
 from prebake.reader.items import ItemTables, VideoFilter, load_tables
 from prebake.reader.layout import layout_of, open_store
-from prebake.reader.rows import DEFAULT_MAX_OPEN_SHARDS, RowReaders, tune_allocator
+from prebake.reader.rows import (
+    DEFAULT_MAX_OPEN_SHARDS,
+    RowReaders,
+    page_aligned_empty,
+    tune_allocator,
+)
 from prebake.storage import StorageOptions, as_path
 from prebake.store.schema import DATA_ARRAYS, ITEM_ARRAYS, array_specs
 
@@ -209,6 +214,20 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         return (self[index] for index in range(self._length))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        lead = () if self.clip_len is None else (self.clip_len,)
+        tensors, out = {}, {}
+        for name in self.fields:
+            tensors[name], out[name] = _empty(name, lead)
+        return {**tensors, **self.read_into(index, out)}
+
+    def read_into(self, index: int, out: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Write item (or clip) `index`'s fields into `out` and return its metadata.
+
+        `out[name]` is a writable numpy array of the field's shape ((T, ...) with clips) for
+        every field of `self.fields`: of the served dtype (`OUTPUT_DTYPES`), or uint8 for
+        `pixel_values` of a schema v2 store (the stored levels, for a device to normalize)
+        and for `masks` (0 and 1). The metadata are what `ds[index]` holds besides the fields.
+        Raises IndexError for an index out of range, StoreError for a damaged store."""
         position = int(index)
         if position < 0:
             position += self._length
@@ -218,47 +237,48 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         state = self._ensure_state()
         item = int(tables.selected[position])
         if self.clip_len is None:
-            return self._read_item(tables, state, item)
-        return self._read_clip(tables, state, item, self.clip_len)
+            return self._read_item(tables, state, item, out)
+        return self._read_clip(tables, state, item, self.clip_len, out)
 
-    def _read_item(self, tables: ItemTables, state: RowReaders, item: int) -> dict[str, Any]:
-        sample: dict[str, Any] = {}
+    def _read_item(
+        self, tables: ItemTables, state: RowReaders, item: int, out: Mapping[str, np.ndarray]
+    ) -> dict[str, Any]:
         frame_row, mask_row = int(tables.frame_row[item]), int(tables.mask_row[item])
         for name in self.fields:
-            tensor, out = _empty(name, ())
-            state.rows[name].read_into(mask_row if name in ITEM_ARRAYS else frame_row, out)
-            sample[name] = tensor
-        sample["video_id"] = tables.video_ids[int(tables.video[item])]
-        sample["frame_index"] = int(tables.frame_index[item])
-        sample["masklet_id"] = int(tables.masklet_id[item])
-        sample["masklet_type"] = self.type_names[int(tables.masklet_type[item])]
-        return sample
+            state.rows[name].read_into(mask_row if name in ITEM_ARRAYS else frame_row, out[name])
+        return {
+            "video_id": tables.video_ids[int(tables.video[item])],
+            "frame_index": int(tables.frame_index[item]),
+            "masklet_id": int(tables.masklet_id[item]),
+            "masklet_type": self.type_names[int(tables.masklet_type[item])],
+        }
 
     def _read_clip(
-        self, tables: ItemTables, state: RowReaders, item: int, clip_len: int
+        self,
+        tables: ItemTables,
+        state: RowReaders,
+        item: int,
+        clip_len: int,
+        out: Mapping[str, np.ndarray],
     ) -> dict[str, Any]:
         assert tables.frames_frame_index is not None
         frame_rows, clip_items, present = tables.clip(item, clip_len)
-        sample: dict[str, Any] = {}
         for name in self.fields:
-            tensor, out = _empty(name, (clip_len,))
-            rows = state.rows[name]
+            rows, target = state.rows[name], out[name]
             for step in range(clip_len):
                 if name not in ITEM_ARRAYS:
-                    rows.read_into(int(frame_rows[step]), out[step])
+                    rows.read_into(int(frame_rows[step]), target[step])
                 elif present[step]:
-                    rows.read_into(int(tables.mask_row[clip_items[step]]), out[step])
+                    rows.read_into(int(tables.mask_row[clip_items[step]]), target[step])
                 else:
-                    out[step] = 0  # the masklet has no mask on this frame
-            sample[name] = tensor
-        sample["video_id"] = tables.video_ids[int(tables.video[item])]
-        sample["frame_index"] = torch.from_numpy(
-            tables.frames_frame_index[frame_rows].astype(np.int64)
-        )
-        sample["masklet_id"] = int(tables.masklet_id[item])
-        sample["masklet_type"] = self.type_names[int(tables.masklet_type[item])]
-        sample["present"] = torch.from_numpy(present)
-        return sample
+                    target[step] = 0  # the masklet has no mask on this frame
+        return {
+            "video_id": tables.video_ids[int(tables.video[item])],
+            "frame_index": torch.from_numpy(tables.frames_frame_index[frame_rows].astype(np.int64)),
+            "masklet_id": int(tables.masklet_id[item]),
+            "masklet_type": self.type_names[int(tables.masklet_type[item])],
+            "present": torch.from_numpy(present),
+        }
 
     def __repr__(self) -> str:
         options = [f"fields={self.fields}"]
@@ -274,6 +294,8 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
 
 
 def _empty(name: str, lead: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
-    """A fresh torch-owned output tensor and a writable numpy view of it (no copy, no warning)."""
-    tensor = torch.empty((*lead, *array_specs()[name].row_shape), dtype=OUTPUT_DTYPES[name])
+    """A fresh torch-owned output tensor (page-aligned: rows are read straight into it) and a
+    writable numpy view of it (no copy, no warning)."""
+    shape = (*lead, *array_specs()[name].row_shape)
+    tensor = page_aligned_empty(shape, OUTPUT_DTYPES[name])
     return tensor, tensor.numpy()
