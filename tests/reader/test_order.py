@@ -275,3 +275,17 @@ def test_sampler_state_with_a_dataloader(train_store: Path) -> None:
     resumed.load_state_dict(state)
     assert [batch_keys(b) for b in DataLoader(dataset, batch_size=4, sampler=resumed)] == rest
     assert sampler.state_dict() == {**state, "epoch": 1, "served": 0}
+
+
+def test_sampler_state_after_its_indices_were_all_drawn(train_store: Path) -> None:
+    """A DataLoader's workers may draw the whole pass before the loop has its first batches
+    (a small store, prefetch): the state of what the loop consumed still counts in that pass."""
+    dataset = PrebakedDataset(train_store, fields=["prompt_masks"])
+    drawn_all = PrebakedSampler(dataset, seed=5, world_size=2, rank=0)
+    assert len(list(drawn_all)) == len(drawn_all)
+    drawn_four = PrebakedSampler(dataset, seed=5, world_size=2, rank=0)
+    indices = iter(drawn_four)
+    for _ in range(4):
+        next(indices)
+    assert drawn_all.state_dict(consumed=4) == drawn_four.state_dict()
+    assert drawn_all.state_dict()["epoch"] == 1  # every index yielded: the pass is complete

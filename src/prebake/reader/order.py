@@ -186,8 +186,9 @@ class PrebakedSampler(Sampler[int]):
         for index in indices.tolist():
             self._yielded += 1
             yield index
+        # The next pass starts after this one; `state_dict(consumed)` keeps counting within
+        # this pass until then (a DataLoader draws every index before its loop has them all).
         self.cursor = start.after(len(indices), self.world_size, finished=True)
-        self._start, self._yielded, self._pass_length = self.cursor, 0, 0
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
         """The position after `consumed` items of this rank's current pass (default: the
