@@ -66,20 +66,10 @@ def test_other_fields_neither_resume_nor_grow_a_store(
 ) -> None:
     out = Path(shutil.copytree(loop1_store, tmp_path / "store.zarr"))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # The loop1 store's settings (build_store in tests/helpers), fields apart.
+    settings = ("--masklets", "all", "--frames-per-shard", "4", "--items-per-shard", "8")
     for extra in ((), ("--fields", "pixel_values")):
-        code, output = run(
-            *build_args(
-                sample_sources["train"],
-                out,
-                "--masklets",
-                "all",
-                "--frames-per-shard",
-                "4",
-                "--items-per-shard",
-                "8",
-                *extra,
-            )
-        )
+        code, output = run(*build_args(sample_sources["train"], out, *settings, *extra))
         assert code == 2 and len(output.strip().splitlines()) == 1, output
         assert (
             "store was built with other settings (fields: store ['pixel_values', 'prompt_masks']"
@@ -87,20 +77,8 @@ def test_other_fields_neither_resume_nor_grow_a_store(
         )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # The store's own fields (in any order) are its settings: nothing to add.
-    code, output = run(
-        *build_args(
-            sample_sources["train"],
-            out,
-            "--masklets",
-            "all",
-            "--frames-per-shard",
-            "4",
-            "--items-per-shard",
-            "8",
-            "--fields",
-            "prompt_masks,pixel_values",
-        )
-    )
+    fields = ("--fields", "prompt_masks,pixel_values")
+    code, output = run(*build_args(sample_sources["train"], out, *settings, *fields))
     assert code == 0 and "already complete" in output, output
 
 

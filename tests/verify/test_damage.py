@@ -70,16 +70,22 @@ def test_default_samples_rederive_sixteen_items(
 # -- integrity faults -------------------------------------------------------------------------
 
 
-def test_flipped_byte_in_a_chunk(store_copy: Path) -> None:
-    frame_row, _ = first_item_rows(store_copy)
-    path = shard_file(store_copy, "g_pixel_values", frame_row)
-    per = rows_per_shard(store_copy, "g_pixel_values")
+def flip_a_byte_of_an_image(store: Path) -> int:
+    """Flip one bit in the middle of the first item's g_pixel_values chunk; return its row."""
+    frame_row, _ = first_item_rows(store)
+    path = shard_file(store, "g_pixel_values", frame_row)
+    per = rows_per_shard(store, "g_pixel_values")
     offset, nbytes = (int(v) for v in read_index(path, per)[frame_row % per])
     with path.open("r+b") as handle:
         handle.seek(offset + nbytes // 2)
         byte = handle.read(1)
         handle.seek(offset + nbytes // 2)
         handle.write(bytes([byte[0] ^ 0x01]))
+    return frame_row
+
+
+def test_flipped_byte_in_a_chunk(store_copy: Path) -> None:
+    frame_row = flip_a_byte_of_an_image(store_copy)
     code, output = run_verify(store_copy)
     assert code == 1
     found = problems(output)
@@ -90,15 +96,7 @@ def test_flipped_byte_in_a_chunk(store_copy: Path) -> None:
 def test_json_problems_are_objects(store_copy: Path) -> None:
     """`verify --json`: each problem an object naming the check that found it, the array, the
     row (the one damaged here; None for a whole file) and the message."""
-    frame_row, _ = first_item_rows(store_copy)
-    path = shard_file(store_copy, "g_pixel_values", frame_row)
-    per = rows_per_shard(store_copy, "g_pixel_values")
-    offset, nbytes = (int(v) for v in read_index(path, per)[frame_row % per])
-    with path.open("r+b") as handle:
-        handle.seek(offset + nbytes // 2)
-        byte = handle.read(1)
-        handle.seek(offset + nbytes // 2)
-        handle.write(bytes([byte[0] ^ 0x01]))
+    frame_row = flip_a_byte_of_an_image(store_copy)
     orphan = store_copy / "prompt_masks" / "c" / "999" / "0"
     orphan.mkdir(parents=True)
     shutil.copy(shard_file(store_copy, "prompt_masks", 0), orphan / "0")

@@ -24,6 +24,7 @@ from prebake.store.schema import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     SCHEMA_VERSIONS,
+    load_document,
     store_version,
 )
 
@@ -50,9 +51,7 @@ def zarr_json_schema_path(version: int = SCHEMA_VERSION) -> Path:
 @cache
 def zarr_json_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """The JSON Schema document of store version `version`."""
-    with zarr_json_schema_path(version).open() as handle:
-        document: dict[str, Any] = json.load(handle)
-    return document
+    return load_document(zarr_json_schema_path(version))
 
 
 @cache

@@ -77,11 +77,16 @@ class ArraySpec:
         return any(codec["name"] not in ("bytes", "crc32c") for codec in self.codecs)
 
 
-@cache
-def schema_document(version: int = SCHEMA_VERSION) -> dict[str, Any]:
-    with schema_path(version).open() as handle:
+def load_document(path: Path) -> dict[str, Any]:
+    """A JSON document shipped with the package (a schema), as a dict."""
+    with path.open() as handle:
         document: dict[str, Any] = json.load(handle)
     return document
+
+
+@cache
+def schema_document(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    return load_document(schema_path(version))
 
 
 @cache
