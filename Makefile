@@ -31,7 +31,9 @@ lint: $(DEV)
 	$(BIN)/mypy src/prebake
 
 test: lint
-	$(BIN)/pytest -q
+	# Two processes, a test file each at a time (a file's session stores built once per process):
+	# 8 minutes instead of 12 on 2 cores.
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: $(BIN)/prebake
 	$(BIN)/prebake demo --out demo-out >/dev/null
