@@ -10,6 +10,7 @@ loader's in `bench.gpu_loader`; this module only composes and formats them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -66,38 +67,25 @@ def run_bench(
     return results
 
 
+# Each part of `run_bench`'s results, in print order: its key, the module (in prebake.bench)
+# and the function that formats it, imported only when the part is present.
+_FORMATTERS = (
+    ("reader", "reader", "format_reader"),
+    ("gpu_loader", "gpu_loader", "format_gpu_loader"),
+    ("loader", "loader", "format_loader"),
+    ("build", "build", "format_build"),
+    ("discovery", "sources", "format_discovery"),
+    ("append", "sources", "format_append"),
+    ("schemas", "schemas", "format_schemas"),
+    ("gpu", "gpu", "format_gpu"),
+)
+
+
 def format_bench(results: dict[str, Any]) -> str:
+    """`run_bench`'s results as the lines `prebake bench` prints."""
     lines: list[str] = []
-    if "reader" in results:
-        from prebake.bench.reader import format_reader
-
-        lines += format_reader(results["reader"])
-    if "gpu_loader" in results:
-        from prebake.bench.gpu_loader import format_gpu_loader
-
-        lines += format_gpu_loader(results["gpu_loader"])
-    if "loader" in results:
-        from prebake.bench.loader import format_loader
-
-        lines += format_loader(results["loader"])
-    if "build" in results:
-        from prebake.bench.build import format_build
-
-        lines += format_build(results["build"])
-    if "discovery" in results:
-        from prebake.bench.sources import format_discovery
-
-        lines += format_discovery(results["discovery"])
-    if "append" in results:
-        from prebake.bench.sources import format_append
-
-        lines += format_append(results["append"])
-    if "schemas" in results:
-        from prebake.bench.schemas import format_schemas
-
-        lines += format_schemas(results["schemas"])
-    if "gpu" in results:
-        from prebake.bench.gpu import format_gpu
-
-        lines += format_gpu(results["gpu"])
+    for key, module, formatter in _FORMATTERS:
+        if key in results:
+            format_part = getattr(import_module(f"prebake.bench.{module}"), formatter)
+            lines += format_part(results[key])
     return "\n".join(lines)
