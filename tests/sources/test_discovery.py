@@ -109,18 +109,19 @@ def test_each_mask_folder_pairs_with_the_nearest_frame_folder(tmp_path: Path) ->
     assert "sav_val/copy/sav_000005" in str(error.value)
 
 
+def run_build(src: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`prebake build -q` of `src` into `out` in a subprocess, with a deadline."""
+    args = [*CLI, "build", "--src", str(src), "--out", str(out), *extra, "-q"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
 def test_frame_folders_under_a_val_named_parent_are_baked(tmp_path: Path) -> None:
     """SAM 2-style extracted frames kept in a folder named like the val layout's, JSON
     elsewhere: baked (exit 0), every value equal to the reference computed from the files."""
     src = write_sample(tmp_path / "src", "frames", [tiny("sav_000011"), tiny("sav_000012")])
     (src / "JPEGImages").rename(src / "JPEGImages_24fps")
     out = tmp_path / "store.zarr"
-    result = subprocess.run(
-        [*CLI, "build", "--src", str(src), "--out", str(out), "--workers", "1", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_build(src, out, "--workers", "1")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert_store_matches(out, *expected_items(src, "frames", ("manual",)))
@@ -129,12 +130,7 @@ def test_frame_folders_under_a_val_named_parent_are_baked(tmp_path: Path) -> Non
 def test_the_same_video_twice_is_asked_once(tmp_path: Path) -> None:
     touch(tmp_path, "sav_000/sav_000021.mp4", "sav_000/sav_000021_manual.json")
     touch(tmp_path, "sav_001/sav_000021.mp4", "sav_001/sav_000021_manual.json")
-    result = subprocess.run(
-        [*CLI, "build", "--src", str(tmp_path), "--out", str(tmp_path / "s.zarr"), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_build(tmp_path, tmp_path / "s.zarr")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -195,12 +191,7 @@ def test_symlinked_folders_are_followed(tmp_path: Path) -> None:
     ]
     for source, ids in ((src, ["sav_000041", "sav_000042"]), (only_links, ["sav_000041"])):
         out = tmp_path / f"{source.name}.zarr"
-        result = subprocess.run(
-            [*CLI, "build", "--src", str(source), "--out", str(out), "--workers", "1", "-q"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_build(source, out, "--workers", "1")
         assert result.returncode == 0, result.stderr
         assert video_ids(zarr.open_group(out, mode="r")) == ids
     frames, items = expected_items(disk, "train", ("manual",))
@@ -250,12 +241,7 @@ def test_links_that_cannot_be_followed_are_named(tmp_path: Path) -> None:
         "(Too many levels of symbolic links); what it holds is not baked",
     ]
     out = tmp_path / "store.zarr"
-    result = subprocess.run(
-        [*CLI, "build", "--src", str(src), "--out", str(out), "--workers", "1", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_build(src, out, "--workers", "1")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"prebake: {line}" for line in discovery.problems]
     assert "baked 1/1 videos" in result.stdout
@@ -263,12 +249,7 @@ def test_links_that_cannot_be_followed_are_named(tmp_path: Path) -> None:
     broken_only = tmp_path / "broken_only"
     broken_only.mkdir()
     (broken_only / "sav_000").symlink_to(tmp_path / "unmounted")
-    result = subprocess.run(
-        [*CLI, "build", "--src", str(broken_only), "--out", str(tmp_path / "b.zarr"), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_build(broken_only, tmp_path / "b.zarr")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "no SA-V videos found" in result.stderr and "could not be read" in result.stderr
