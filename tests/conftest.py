@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.stores import REAL_SAV, build_store
 
 from prebake.demo import SampleObject, SampleVideo, write_sample
+
+
+@pytest.fixture(scope="module")
+def module_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty folder for the module's fixtures, removed when the module's tests are done
+    (tmp_path_factory keeps its folders to the end of the run: stores add up to gigabytes)."""
+    folder = tmp_path_factory.mktemp("module")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

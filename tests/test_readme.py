@@ -31,9 +31,9 @@ def test_the_readme_has_the_training_loops() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_folder(module_folder: Path) -> Path:
     """A folder holding `store.zarr`, built from the demo's sample as `prebake demo` builds it."""
-    folder = tmp_path_factory.mktemp("readme")
+    folder = module_folder
     write_sample(folder / "sample", "train")
     build(BuildOptions(src=folder / "sample", out=folder / "store.zarr", progress=False))
     return folder

@@ -311,8 +311,8 @@ def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    root = tmp_path_factory.mktemp("broken")
+def outcome(module_folder: Path) -> Outcome:
+    root = module_folder
     src = root / "src"
     videos = {**GOOD, **{case.video_id: case.layout for case in CASES}}
     for video_id, layout in videos.items():

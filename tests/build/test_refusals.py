@@ -145,9 +145,9 @@ def test_refuses_a_folder_that_is_not_a_store(
 
 
 @pytest.fixture(scope="module")
-def incomplete(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def incomplete(src: Path, module_folder: Path) -> Path:
     """A store whose build was killed mid-bake (do not modify it)."""
-    out = tmp_path_factory.mktemp("incomplete") / "store.zarr"
+    out = module_folder / "store.zarr"
     with frame_held(src / "frames" / "JPEGImages" / HELD_VIDEO) as held:
         process = start_build(src, out)
         held.wait_read(process)  # the last unit is held: the build cannot finish

@@ -30,11 +30,11 @@ BOX = SampleObject("auto", "box", (40, 200, 90), (0.6, 0.6), (-0.003, -0.002), 0
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed(module_folder: Path) -> Path:
     """All three layouts in one source; portrait frames taller than 448 (where the two Pillow
     rules differ) and landscape ones, odd sizes where JPEG allows them, and a video of more
     annotated frames than a batch holds."""
-    root = tmp_path_factory.mktemp("mixed") / "src"
+    root = module_folder / "src"
     long = 4 * BATCH_FRAMES + 4  # BATCH_FRAMES + 1 annotated frames
     write_sample(
         root / "train",

@@ -167,10 +167,10 @@ def test_show_item_png(train_store: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_item_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_item_store(module_folder: Path) -> Path:
     """A store of one video with two annotated frames and one masklet: two items."""
     disc = SampleObject("manual", "disc", (230, 60, 40), (0.4, 0.5), (0.01, 0.0), 0.2)
-    root = tmp_path_factory.mktemp("two-items")
+    root = module_folder
     src = write_sample(root / "src", "train", [SampleVideo("sav_950000", 96, 64, 5, (disc,))])
     return build_store(src, root / "store.zarr")
 

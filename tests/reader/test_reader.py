@@ -277,7 +277,7 @@ def test_clips_of_the_sample(train_store: Path, view: StoreView, clip_len: int) 
 
 
 @pytest.fixture(scope="module")
-def gappy_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gappy_store(module_folder: Path) -> Path:
     """Masklets that vanish and appear mid-video, so clips have absent frames."""
     early = SampleObject(
         "manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.0), 0.2, visible=(0, 2)
@@ -290,7 +290,7 @@ def gappy_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         SampleVideo("sav_800001", 160, 128, 21, (early, late, middle)),  # 6 annotated frames
         SampleVideo("sav_800002", 128, 160, 9, (late, early)),  # 3 annotated frames
     ]
-    root = tmp_path_factory.mktemp("gappy")
+    root = module_folder
     src = write_sample(root / "src", "train", videos)
     return build_store(src, root / "store.zarr", frames_per_shard=4, items_per_shard=4)
 

@@ -72,9 +72,9 @@ def local_reference(mixed_src: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def dask_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dask_src(module_folder: Path) -> Path:
     """The Dask videos, and a short frame-folder video a test can hold open (`dask_held`)."""
-    root = write_sample(tmp_path_factory.mktemp("dask") / "src", "train", dask_videos())
+    root = write_sample(module_folder / "src", "train", dask_videos())
     shape = dask_videos()[0]
     held = SampleVideo(DASK_HELD_VIDEO, shape.width, shape.height, 9, shape.objects)
     return write_sample(root / "frames", "frames", [held]).parent
@@ -88,6 +88,6 @@ def dask_held(dask_src: Path) -> Iterator[HeldFrame]:
 
 
 @pytest.fixture(scope="module")
-def dask_reference(dask_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dask-reference") / "store.zarr"
+def dask_reference(dask_src: Path, module_folder: Path) -> Path:
+    out = module_folder / "dask-reference.zarr"
     return build_store(dask_src, out, **SHARDS)

@@ -57,9 +57,9 @@ def tensorstore_values(folder: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def unicode_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unicode_store(module_folder: Path) -> Path:
     """A Loop-1 store whose source paths hold non-ASCII names (UTF-8 bytes differ from chars)."""
-    root = tmp_path_factory.mktemp("unicode")
+    root = module_folder
     disc = SampleObject("manual", "disc", (230, 60, 40), (0.3, 0.4), (0.01, 0.004), 0.15)
     videos = [SampleVideo(f"sav_90100{i}", 64, 48, 9, (disc,)) for i in range(3)]
     write_sample(root / "src" / "Vidéos ß 東京", "train", videos)

@@ -218,15 +218,13 @@ def test_cannot_run(tmp_path: Path, store_copy: Path) -> None:
 # -- the real sample --------------------------------------------------------------------------
 
 
-def test_real_sample_store_verify_info_show(
-    real_sav: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_real_sample_store_verify_info_show(real_sav: Path, tmp_path: Path) -> None:
     """The real SA-V sample built by the CLI passes verify with --src; info and show work on it."""
     from PIL import Image
 
     from prebake.show import tile_size
 
-    folder = tmp_path_factory.mktemp("real")
+    folder = tmp_path
     out = folder / "real-verify.zarr"
     build = [
         PREBAKE,

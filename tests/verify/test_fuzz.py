@@ -55,12 +55,12 @@ class Mutation:
 
 
 @pytest.fixture(scope="module")
-def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_store(module_folder: Path) -> Path:
     """One 64 x 48 video of 4 frames (1 annotated frame), a manual and an auto masklet: as
     small as a store gets, with a shard file per frame and per item."""
     disc = SampleObject("manual", "disc", (230, 60, 40), (0.4, 0.5), (0.01, 0.0), 0.3)
     box = SampleObject("auto", "box", (40, 200, 90), (0.6, 0.5), (-0.01, 0.0), 0.25)
-    root = tmp_path_factory.mktemp("fuzz")
+    root = module_folder
     src = write_sample(root / "src", "train", [SampleVideo("sav_990001", 64, 48, 4, (disc, box))])
     return build_store(src, root / "store.zarr", frames_per_shard=1, items_per_shard=1)
 
