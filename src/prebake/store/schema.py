@@ -50,6 +50,7 @@ class ArraySpec:
     rows_per_shard: str | None  # the params key giving rows per shard
     codecs: tuple[dict[str, Any], ...]
     codes: str | None = None  # coded column: the root attribute listing its names (v2)
+    chunk_alignment: int = 1  # a sharded array's inner chunks start at multiples of this (bytes)
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -115,6 +116,7 @@ def array_specs(version: int = SCHEMA_VERSION) -> dict[str, ArraySpec]:
             rows_per_shard=entry.get("rows_per_shard"),
             codecs=tuple(codecs),
             codes=entry.get("codes") if version >= 2 else None,
+            chunk_alignment=entry.get("chunk_alignment", 1),
         )
     return specs
 

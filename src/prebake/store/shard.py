@@ -1,10 +1,14 @@
-"""Zarr v3 `sharding_indexed` shard files, written in a stream and indexed for memory-mapping.
+"""Zarr v3 `sharding_indexed` shard files, written in a stream and indexed for reading rows as byte ranges.
 
-A shard is the inner chunks' bytes back to back, then the index: one little-endian uint64
+A shard is the inner chunks' bytes one after the other, then the index: one little-endian uint64
 (offset, nbytes) pair per inner chunk in C order ((2**64-1, 2**64-1) for a chunk never written),
-then a crc32c of the index. zarr-python writes a shard whole, so it must hold the shard in memory;
+then a crc32c of the index. An array may ask for its chunks to start at multiples of an alignment
+(zero bytes fill the gaps, which the sharding spec allows: "unused space between them is
+allowed"): a row whose file offset shares the page alignment of the buffer it is read into is
+copied out of the page cache about 1.4 x faster (`prebake.reader.rows`). zarr-python writes a shard whole, so it must hold the shard in memory;
 writing it here in a stream keeps a worker's memory at one frame, whatever the shard size, and the
-tests prove the files are byte-identical to zarr-python's.
+tests prove the files hold zarr-python's chunks and index (byte-identical to its files where
+no alignment is asked for).
 """
 
 from __future__ import annotations
@@ -62,8 +66,15 @@ class ShardWriter:
     """Writes one shard's inner chunks in order to a local temporary file, then renames it into
     place (local store) or uploads it as one object (remote store: one PUT is atomic)."""
 
-    def __init__(self, final: Path | RemotePath, temporary: Path, chunks_per_shard: int) -> None:
+    def __init__(
+        self,
+        final: Path | RemotePath,
+        temporary: Path,
+        chunks_per_shard: int,
+        alignment: int = 1,
+    ) -> None:
         self.final = final
+        self.alignment = alignment
         self.temporary = temporary
         self.index = np.full((chunks_per_shard, 2), NO_CHUNK, dtype="<u8")
         self.position = 0
@@ -71,7 +82,12 @@ class ShardWriter:
         self._file: BinaryIO = temporary.open("wb")
 
     def append(self, *parts: bytes | np.ndarray) -> None:
-        """Append the next inner chunk, given as one or more consecutive byte buffers."""
+        """Append the next inner chunk, given as one or more consecutive byte buffers, at the
+        next multiple of the alignment."""
+        gap = -self.position % self.alignment
+        if gap:
+            self._file.write(bytes(gap))
+            self.position += gap
         nbytes = 0
         for part in parts:
             buffer = part.data if isinstance(part, np.ndarray) else part

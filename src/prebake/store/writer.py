@@ -66,7 +66,9 @@ class RowStream:
             if self._writer is None:
                 final = self.store.shard_path(self.spec, self.next_shard)
                 temporary = _temporary_file(self.store, self.spec.name, self.next_shard)
-                self._writer = ShardWriter(final, temporary, self.rows_per_shard)
+                self._writer = ShardWriter(
+                    final, temporary, self.rows_per_shard, self.spec.chunk_alignment
+                )
                 self.next_shard += 1
             self._writer.append(*parts)
         except OSError as error:
