@@ -1,11 +1,11 @@
 """Where prebake's files are: a local path (`pathlib.Path`) or an fsspec URL (`RemotePath`).
 
 One seam for both. A plain path or a `file://` URL stays a `pathlib.Path`, so everything local
-runs exactly as before (memory maps, flock, `os.replace` commits). Any other URL (`s3://bucket/
+runs exactly as before (`pread` of rows, flock, `os.replace` commits). Any other URL (`s3://bucket/
 key`, `gs://...`, `memory://...`) becomes a `RemotePath`: the few `pathlib` methods prebake
 uses (join, name, open, read, list, exists, unlink), answered by fsspec. Code that only reads
 and lists (sources, verify, info) therefore runs unchanged on both; the places where local and
-remote must differ (commits, shard uploads, the lock, memory-mapped reads) ask
+remote must differ (commits, shard uploads, the lock, byte-range reads of rows) ask
 `isinstance(path, RemotePath)`.
 
 fsspec is imported only for URLs. Storage options (endpoint, credentials) travel beside a path,

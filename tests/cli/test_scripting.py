@@ -206,7 +206,7 @@ def reader_results(all_vs_floor: float) -> dict[str, Any]:
         "store": "s.zarr",
         "store_items": 58,
         "reads": 20,
-        "read_paths": {"pixel_values": "memmap"},
+        "read_paths": {"pixel_values": "pread"},
         "items_per_s": {
             "all_fields": 800.0,
             "loop1_fields": 2400.0,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from prebake import PrebakedDataset, PrebakedLoader
 from prebake.reader import LOOP1_FIELDS
@@ -65,6 +65,30 @@ def test_batches_are_the_dataloaders(train_store: Path, case: str) -> None:
     reference = DataLoader(dataset, batch_size=batch_size)
     loader = PrebakedLoader(train_store, batch_size, shuffle=False, **options)
     assert_same_batches(loader, reference)
+
+
+def test_items_metadata_is_the_default_collate_of_the_items(train_store: Path) -> None:
+    """What the loader hands out for a pass's metadata in one gather is what collating the
+    items one by one gives (any order, repeats, negative indices), and it checks its input."""
+    dataset = PrebakedDataset(train_store, fields=("prompt_masks",))
+    indices = [5, 0, len(dataset) - 1, 5, -2, 17]
+    expected = default_collate(
+        [{k: v for k, v in dataset[i].items() if k != "prompt_masks"} for i in indices]
+    )
+    assert_same_batch(dataset.items_metadata(indices), expected)
+    assert_same_batch(
+        dataset.items_metadata([]),
+        {
+            "video_id": [],
+            "frame_index": torch.zeros(0, dtype=torch.int64),
+            "masklet_id": torch.zeros(0, dtype=torch.int64),
+            "masklet_type": [],
+        },
+    )
+    with pytest.raises(IndexError, match="out of range"):
+        dataset.items_metadata([0, len(dataset)])
+    with pytest.raises(ValueError, match="not clips"):
+        PrebakedDataset(train_store, clip_len=2).items_metadata([0])
 
 
 @pytest.mark.parametrize("store_name", ["v1_store", "loop1_store"])

@@ -137,10 +137,10 @@ def test_every_item_holds_what_the_store_holds(train_store: Path, view: StoreVie
     dataset = PrebakedDataset(train_store)
     assert len(dataset) == len(view) > 0
     assert dataset.read_paths == {
-        "pixel_values": "memmap",
-        "g_pixel_values": "memmap",
-        "prompt_masks": "memmap",
-        "masks": "memmap+zstd",
+        "pixel_values": "pread",
+        "g_pixel_values": "pread",
+        "prompt_masks": "pread",
+        "masks": "pread+zstd",
     }
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch's non-writable-array warning
@@ -334,7 +334,7 @@ def test_fast_path_equals_fallback_bitwise(train_store: Path, clip_len: int | No
 
 @pytest.mark.parametrize(
     ("codec", "read_path"),
-    [(zarr.codecs.GzipCodec(level=1), "zarr"), (zarr.codecs.ZstdCodec(level=1), "memmap+zstd")],
+    [(zarr.codecs.GzipCodec(level=1), "zarr"), (zarr.codecs.ZstdCodec(level=1), "pread+zstd")],
 )
 def test_compressed_images_are_read_right(
     train_store: Path, tmp_path: Path, codec: Any, read_path: str
@@ -356,7 +356,7 @@ def test_compressed_images_are_read_right(
     target[:] = source[:]
     dataset = PrebakedDataset(store)
     assert dataset.read_paths["pixel_values"] == read_path
-    assert dataset.read_paths["g_pixel_values"] == "memmap"
+    assert dataset.read_paths["g_pixel_values"] == "pread"
     reference = PrebakedDataset(train_store)
     for index in range(0, len(dataset), 7):
         assert_bitwise_equal(dataset[index], reference[index])

@@ -1,8 +1,8 @@
 """The training-side reader of a prebake store.
 
-- `rows`: row readers that fill a caller-given buffer with one row (memory maps and shard
+- `rows`: row readers that fill a caller-given buffer with one row (`pread` of shard
   indexes, the zarr-python fallback), per process; glibc's allocator tuning;
-- `layout`: how each array is read (memory-mapped or through zarr-python), decided at open;
+- `layout`: how each array is read (byte ranges by `pread`, or through zarr-python), decided at open;
 - `items`: which items are served and where their rows are (row tables, filters, clip keys);
 - `dataset`: `PrebakedDataset`, items and clips assembled as torch tensors;
 - `order`: the order items are served in per epoch and rank, and the position a checkpoint

@@ -2,13 +2,13 @@
 
 Everything that can be done once is done at open: the row tables are read (zarr-python,
 `prebake.reader.items`), the items are filtered, the array layouts are checked
-(`prebake.reader.layout`). What is per process (memory maps, shard indexes, zarr arrays of the
+(`prebake.reader.layout`). What is per process (open shard files and their indexes, zarr arrays of the
 fallback: `prebake.reader.rows`) is opened lazily in the process that reads, so the dataset
 pickles small and works in DataLoader workers under fork and spawn.
 
 The fallback path reads each row through zarr-python's `arr[row]`; it serves any array whose
-layout cannot be memory-mapped (for instance images stored with a compressor), everything when
-`fast=False`, and every array of a remote store (an fsspec URL: nothing to memory-map; copy the
+layout cannot be read as byte ranges (for instance images stored with a compressor), everything when
+`fast=False`, and every array of a remote store (an fsspec URL: no file to `pread`; copy the
 store to a local disk for the fast path). The tests prove both paths give identical tensors.
 """
 
@@ -96,7 +96,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     store) for an incomplete or unreadable store and a field it does not hold.
 
     `fast=False` reads every row through zarr-python (slow; for checking). With `fast=True`,
-    arrays whose layout cannot be memory-mapped fall back to zarr-python on their own
+    arrays whose layout cannot be read as byte ranges fall back to zarr-python on their own
     (`read_paths` says which path each field takes). `verify_checksums=True` also checks the
     crc32c of raw image chunks (compressed chunks are always checked). `max_open_shards` bounds
     the shard files kept mapped per process (and per thread). `tune_allocator` raises glibc's
@@ -104,7 +104,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
 
     `path` may be an fsspec URL (`s3://bucket/store.zarr`, with `storage_options` for fsspec:
     endpoint, credentials): such a store is read through zarr-python, a request per row; copy
-    it to a local disk for the memory-mapped path.
+    it to a local disk for the fast path.
     """
 
     def __init__(
@@ -204,7 +204,8 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
 
     @property
     def read_paths(self) -> dict[str, str]:
-        """How each field is read: 'memmap', 'memmap+zstd' or 'zarr' (the fallback)."""
+        """How each field is read: 'pread' (raw byte ranges of the shard files), 'pread+zstd'
+        (zstd frames) or 'zarr' (the fallback)."""
         return {name: layout.mode for name, layout in self.layouts.items()}
 
     def __len__(self) -> int:
@@ -239,6 +240,29 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         if self.clip_len is None:
             return self._read_item(tables, state, item, out)
         return self._read_clip(tables, state, item, self.clip_len, out)
+
+    def items_metadata(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The metadata of items `indices` (a dataset without clips) as `default_collate` stacks
+        what `ds[index]` holds besides the fields: `video_id` and `masklet_type` lists of str,
+        `frame_index` and `masklet_id` int64 tensors (len(indices),); read from the tables in
+        one gather, where collating items one by one costs more than reading a batch's small
+        rows (the loader computes a pass's at once). Raises IndexError for an index out of
+        range, ValueError for a dataset of clips (their metadata come with the rows)."""
+        if self.clip_len is not None:
+            raise ValueError("items_metadata serves items, not clips: read_into returns theirs")
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if positions.size and not (
+            -self._length <= positions.min() and positions.max() < self._length
+        ):
+            raise IndexError(f"an index of {indices!r} is out of range for {self._length} items")
+        tables = self._ensure_tables()
+        items = tables.selected[positions % max(self._length, 1)]
+        return {
+            "video_id": [tables.video_ids[video] for video in tables.video[items].tolist()],
+            "frame_index": torch.from_numpy(tables.frame_index[items].astype(np.int64)),
+            "masklet_id": torch.from_numpy(tables.masklet_id[items].astype(np.int64)),
+            "masklet_type": [self.type_names[code] for code in tables.masklet_type[items].tolist()],
+        }
 
     def _read_item(
         self, tables: ItemTables, state: RowReaders, item: int, out: Mapping[str, np.ndarray]

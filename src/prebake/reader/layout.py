@@ -1,7 +1,7 @@
 """Opening a store for reading (`open_store`: its metadata validated first), and how each data
 array of it is read, decided once when a dataset opens the store.
 
-The fast path reads an inner chunk as a byte range of a memory map of its shard: possible when
+The fast path reads an inner chunk as a byte range of its shard file (`pread`): possible when
 the array's `zarr.json` says one row per inner chunk, plain little-endian bytes, at most zstd and
 crc32c after them, and the shard index at the end. Anything else (a compressor on images, a
 remote store, `fast=False`) falls back to zarr-python, and says why.
@@ -97,7 +97,7 @@ class ArrayLayout:
 
     name: str
     rows_per_shard: int
-    mode: str  # "memmap" (raw byte range), "memmap+zstd" (zstd frame) or "zarr" (fallback)
+    mode: str  # "pread" (raw byte range), "pread+zstd" (zstd frame) or "zarr" (fallback)
     checksummed: bool  # inner chunks end with a crc32c
     why: str = ""  # why an array falls back to zarr-python
 
@@ -114,14 +114,14 @@ def layout_of(store: Path | RemotePath, spec: ArraySpec, allow_fast: bool) -> Ar
     if not allow_fast:
         problem = "fast=False"
     elif isinstance(store, RemotePath):
-        problem = "remote store (copy it to a local disk to memory-map it)"
+        problem = "remote store (copy it to a local disk to read it by byte ranges)"
     else:
         problem = unmappable(metadata, spec)
     if problem:
         return ArrayLayout(spec.name, rows_per_shard, "zarr", checksummed=False, why=problem)
     inner = [codec["name"] for codec in metadata["codecs"][0]["configuration"]["codecs"][1:]]
     checksummed = inner[-1:] == ["crc32c"]
-    mode = "memmap+zstd" if "zstd" in inner else "memmap"
+    mode = "pread+zstd" if "zstd" in inner else "pread"
     return ArrayLayout(spec.name, rows_per_shard, mode, checksummed)
 
 

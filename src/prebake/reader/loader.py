@@ -191,12 +191,16 @@ class PrebakedLoader:
         size = self.batch_size
         plan = [indices[i : i + size] for i in range(0, len(indices), size)]
         self._pass_start, self._handed, self._pass_items = start, 0, len(indices)
-        batches = self._batches(start, plan)
+        # Items' metadata in one gather for the whole pass (clips' come with their rows).
+        metadata = (
+            None if self.dataset.clip_len is not None else self.dataset.items_metadata(indices)
+        )
+        batches = self._batches(start, plan, metadata)
         self._active = weakref.ref(batches)
         return batches
 
     def _batches(
-        self, start: EpochCursor, plan: list[list[int]]
+        self, start: EpochCursor, plan: list[list[int]], metadata: dict[str, Any] | None
     ) -> Generator[dict[str, Any], None, None]:
         ring = self._buffers()
         copies = self._device_copies()
@@ -217,7 +221,7 @@ class PrebakedLoader:
                         for start in range(0, len(items_of), share)
                     ]
                     submitted += 1
-                metadata = [meta for future in filling.pop(step) for meta in future.result()]
+                read = [meta for future in filling.pop(step) for meta in future.result()]
                 buffers = ring[step % len(ring)]
                 if copies is None:
                     fields = {name: t[: len(items)] for name, t in buffers.tensors.items()}
@@ -230,7 +234,11 @@ class PrebakedLoader:
                         # Overlap the next batch's copy with the caller's work on this one.
                         count = len(plan[step + 1])
                         copying[step + 1] = copies.start(ring[(step + 1) % len(ring)], count)
-                collated = default_collate(metadata)
+                if metadata is None:
+                    collated = default_collate(read)
+                else:
+                    first = step * self.batch_size
+                    collated = _rows_of(metadata, first, first + len(items))
                 if copies is not None:  # frame_index, masklet_id, present: a few bytes
                     collated = {
                         key: value.to(self.device) if isinstance(value, torch.Tensor) else value
@@ -299,6 +307,14 @@ class PrebakedLoader:
             f"fields={self.dataset.fields}, rank={self.rank}/{self.world_size}, "
             f"device={str(self.device)!r}): {len(self)} batches of {len(self.dataset)} items"
         )
+
+
+def _rows_of(metadata: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Rows start..stop of a pass's metadata: new lists, and tensors of their own."""
+    return {
+        key: value[start:stop].clone() if isinstance(value, torch.Tensor) else value[start:stop]
+        for key, value in metadata.items()
+    }
 
 
 def _stop_threads(pool: ThreadPoolExecutor) -> None:

@@ -214,7 +214,7 @@ class ShardRows:
         self.table = table  # uint8 levels served through this table (float32 outputs)
         self.files = files  # shared by the arrays of one process (thread): one bound on open files
         self.crc_bytes = CHECKSUM_BYTES if layout.checksummed else 0
-        self.compressed = layout.mode == "memmap+zstd"
+        self.compressed = layout.mode == "pread+zstd"
         # Compressed chunks are small (about 1 KB a mask): checking their crc costs next to
         # nothing. A raw image chunk's crc costs more than copying it; `prebake verify` checks.
         self.verify = layout.checksummed and (verify_checksums or self.compressed)

@@ -124,7 +124,7 @@ def metadata_problems(
 
     A data array named in `any_codecs` is held to the array as Zarr reads it (`$defs/<name>_array`:
     data type, shape, chunk grid, fill value; any codecs) instead of the codecs prebake writes:
-    the reader reads such arrays through zarr-python when it cannot memory-map them."""
+    the reader reads such arrays through zarr-python when it cannot read their rows as byte ranges."""
     root, unreadable = read_nodes(store, [ROOT])
     version = metadata_version(root.get(ROOT))
     every = node_paths(version)
