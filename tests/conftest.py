@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,14 @@ import pytest
 from helpers.stores import REAL_SAV, build_store
 
 from prebake.demo import SampleObject, SampleVideo, write_sample
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C tests send SIGINT to the processes they start. A shell without job control starts
+    a background job (`make test &`) with SIGINT ignored, and an ignored signal stays ignored
+    in every child: catching it here hands the children the default again."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")

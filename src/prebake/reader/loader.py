@@ -191,22 +191,19 @@ class PrebakedLoader:
         size = self.batch_size
         plan = [indices[i : i + size] for i in range(0, len(indices), size)]
         self._pass_start, self._handed, self._pass_items = start, 0, len(indices)
-        # Items' metadata in one gather for the whole pass (clips' come with their rows).
-        metadata = (
-            None if self.dataset.clip_len is not None else self.dataset.items_metadata(indices)
-        )
-        batches = self._batches(start, plan, metadata)
+        batches = self._batches(start, plan)
         self._active = weakref.ref(batches)
         return batches
 
     def _batches(
-        self, start: EpochCursor, plan: list[list[int]], metadata: dict[str, Any] | None
+        self, start: EpochCursor, plan: list[list[int]]
     ) -> Generator[dict[str, Any], None, None]:
         ring = self._buffers()
         copies = self._device_copies()
         pool = self._threads()
         completed = False
         filling: dict[int, list[Future[list[dict[str, Any]]]]] = {}
+        metadata = _ItemsMetadata(self.dataset, plan)
         copying: dict[int, tuple[dict[str, torch.Tensor], Any]] = {}
         submitted = 0
         try:
@@ -234,11 +231,10 @@ class PrebakedLoader:
                         # Overlap the next batch's copy with the caller's work on this one.
                         count = len(plan[step + 1])
                         copying[step + 1] = copies.start(ring[(step + 1) % len(ring)], count)
-                if metadata is None:
+                if self.dataset.clip_len is not None:  # a clip's metadata come with its rows
                     collated = default_collate(read)
                 else:
-                    first = step * self.batch_size
-                    collated = _rows_of(metadata, first, first + len(items))
+                    collated = metadata.batch(step)
                 if copies is not None:  # frame_index, masklet_id, present: a few bytes
                     collated = {
                         key: value.to(self.device) if isinstance(value, torch.Tensor) else value
@@ -309,12 +305,36 @@ class PrebakedLoader:
         )
 
 
-def _rows_of(metadata: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    """Rows start..stop of a pass's metadata: new lists, and tensors of their own."""
-    return {
-        key: value[start:stop].clone() if isinstance(value, torch.Tensor) else value[start:stop]
-        for key, value in metadata.items()
-    }
+class _ItemsMetadata:
+    """The items' metadata of a pass's batches, gathered from the tables a block of batches at a
+    time (`PrebakedDataset.items_metadata`): collating each batch's items one by one costs
+    more, in the thread that hands batches out, than the block's gather; a block bounds the
+    memory a pass of millions of items would take at once."""
+
+    BLOCK = 64  # batches per gather
+
+    def __init__(self, dataset: PrebakedDataset, plan: list[list[int]]) -> None:
+        self.dataset = dataset
+        self.plan = plan
+        self.block = -1
+        self.rows: dict[str, Any] = {}
+        self.starts: list[int] = []
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Batch `step`'s metadata: new lists, and tensors of their own."""
+        block = step // self.BLOCK
+        if block != self.block:
+            batches = self.plan[block * self.BLOCK : (block + 1) * self.BLOCK]
+            self.rows = self.dataset.items_metadata([i for items in batches for i in items])
+            self.starts = [0]
+            for items in batches:
+                self.starts.append(self.starts[-1] + len(items))
+            self.block = block
+        start, stop = self.starts[step % self.BLOCK], self.starts[step % self.BLOCK + 1]
+        return {
+            key: value[start:stop].clone() if isinstance(value, torch.Tensor) else value[start:stop]
+            for key, value in self.rows.items()
+        }
 
 
 def _stop_threads(pool: ThreadPoolExecutor) -> None:
