@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from prebake import PrebakedDataset, PrebakedLoader
+import prebake.reader.loader as loader_module
+from prebake import PrebakedDataset, PrebakedLoader, PrebakedSampler
 from prebake.reader import LOOP1_FIELDS
 from prebake.reader.buffers import BatchBuffers, host_dtypes, pixel_table_tensor, served
 from prebake.store.schema import array_specs
@@ -89,6 +90,19 @@ def test_items_metadata_is_the_default_collate_of_the_items(train_store: Path) -
         dataset.items_metadata([0, len(dataset)])
     with pytest.raises(ValueError, match="not clips"):
         PrebakedDataset(train_store, clip_len=2).items_metadata([0])
+
+
+def test_metadata_blocks_end_where_batches_end(
+    train_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader gathers item metadata a block of batches at a time: with blocks of 3 batches
+    of 5 (the last batch short), shuffled, every batch is still the DataLoader's."""
+    monkeypatch.setattr(loader_module._ItemsMetadata, "BLOCK", 3)
+    dataset = PrebakedDataset(train_store, fields=LOOP1_FIELDS)
+    order = list(PrebakedSampler(dataset, seed=3))
+    reference = DataLoader(dataset, batch_size=5, sampler=order)
+    assert len(reference) > 2 * 3 and len(dataset) % 5
+    assert_same_batches(PrebakedLoader(train_store, 5, fields=LOOP1_FIELDS, seed=3), reference)
 
 
 @pytest.mark.parametrize("store_name", ["v1_store", "loop1_store"])
@@ -295,7 +309,8 @@ def test_shard_damaged_while_read(train_store: Path, tmp_path: Path, damage: str
     script = """
         import os, sys
         from pathlib import Path
-        from prebake import PrebakedDataset, PrebakedLoader
+        import prebake.reader.loader as loader_module
+from prebake import PrebakedDataset, PrebakedLoader, PrebakedSampler
         from prebake.errors import StoreError
         store, damage = Path(sys.argv[1]), sys.argv[2]
         def spoil():
