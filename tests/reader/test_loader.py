@@ -309,8 +309,7 @@ def test_shard_damaged_while_read(train_store: Path, tmp_path: Path, damage: str
     script = """
         import os, sys
         from pathlib import Path
-        import prebake.reader.loader as loader_module
-from prebake import PrebakedDataset, PrebakedLoader, PrebakedSampler
+        from prebake import PrebakedDataset, PrebakedLoader
         from prebake.errors import StoreError
         store, damage = Path(sys.argv[1]), sys.argv[2]
         def spoil():
