@@ -48,7 +48,7 @@ ZARR_ITEMS = 40  # zarr-python is slow: fewer items keep the run short (rates ar
 ON_THE_FLY_ITEMS = 12
 RSS_EPOCHS = 3
 RSS_EPOCH_ITEMS = 400  # at least: the allocator's free lists settle within the first epoch
-RSS_MAX_OPEN_SHARDS = 4  # fewer than the demo store's shards, so the LRU unmaps as it reads
+RSS_MAX_OPEN_SHARDS = 4  # fewer than the demo store's shards, so the LRU closes files as it reads
 ALLOCATOR_ITEMS = 300
 
 

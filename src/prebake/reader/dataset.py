@@ -2,14 +2,14 @@
 
 Everything that can be done once is done at open: the row tables are read (zarr-python,
 `prebake.reader.items`), the items are filtered, the array layouts are checked
-(`prebake.reader.layout`). What is per process (open shard files and their indexes, zarr arrays of the
-fallback: `prebake.reader.rows`) is opened lazily in the process that reads, so the dataset
-pickles small and works in DataLoader workers under fork and spawn.
+(`prebake.reader.layout`). What is per process (open shard files and their indexes, zarr
+arrays of the fallback: `prebake.reader.rows`) is opened lazily in the process that reads, so
+the dataset pickles small and works in DataLoader workers under fork and spawn.
 
 The fallback path reads each row through zarr-python's `arr[row]`; it serves any array whose
-layout cannot be read as byte ranges (for instance images stored with a compressor), everything when
-`fast=False`, and every array of a remote store (an fsspec URL: no file to `pread`; copy the
-store to a local disk for the fast path). The tests prove both paths give identical tensors.
+layout cannot be read as byte ranges (for instance images stored with a compressor), everything
+when `fast=False`, and every array of a remote store (an fsspec URL: no file to `pread`; copy
+the store to a local disk for the fast path). The tests prove both paths give identical tensors.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
     arrays whose layout cannot be read as byte ranges fall back to zarr-python on their own
     (`read_paths` says which path each field takes). `verify_checksums=True` also checks the
     crc32c of raw image chunks (compressed chunks are always checked). `max_open_shards` bounds
-    the shard files kept mapped per process (and per thread). `tune_allocator` raises glibc's
+    the shard files kept open per process (and per thread). `tune_allocator` raises glibc's
     mmap and trim thresholds in each reading process (see `tune_allocator`).
 
     `path` may be an fsspec URL (`s3://bucket/store.zarr`, with `storage_options` for fsspec:
@@ -246,7 +246,7 @@ class PrebakedDataset(Dataset[dict[str, Any]]):
         what `ds[index]` holds besides the fields: `video_id` and `masklet_type` lists of str,
         `frame_index` and `masklet_id` int64 tensors (len(indices),); read from the tables in
         one gather, where collating items one by one costs more than reading a batch's small
-        rows (the loader computes a pass's at once). Raises IndexError for an index out of
+        rows (the loader gathers a block of batches at once). Raises IndexError for an index out of
         range, ValueError for a dataset of clips (their metadata come with the rows)."""
         if self.clip_len is not None:
             raise ValueError("items_metadata serves items, not clips: read_into returns theirs")
