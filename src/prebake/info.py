@@ -86,14 +86,15 @@ def store_info(
     `path` may be an fsspec URL; `storage_options` go to fsspec. Raises StoreError (one line
     naming the store) for a missing, foreign, unreadable or newer store. A store whose metadata
     does not match its schema is described as far as it can be; `metadata_problems` counts the
-    problems (`prebake verify` lists them)."""
+    problems (`prebake verify` lists them), None while the store is being built (the schema
+    describes finished stores)."""
     store = StoreDir(path, storage_options)
     if not store.path.exists():
         raise StoreError(f"{store.path}: {missing(store.path, 'store')}")
     attrs = store.attrs()
     if attrs is None:
         store.require_complete()  # raises: not a store, or one whose build is still planning
-        raise StoreError(f"{store.path}: not a prebake store (no prebake attributes in zarr.json)")
+        raise store.not_a_store()
     params = _as(attrs.get("params"), dict)
     version = store_version(attrs)
     if version not in SCHEMA_VERSIONS:
@@ -101,7 +102,7 @@ def store_info(
             f"{store.path}: store has schema version {attrs.get('schema_version')!r}; this "
             f"prebake reads versions {', '.join(map(str, SCHEMA_VERSIONS))}"
         )
-    problems = metadata_problems(store.path)
+    problems = None if attrs.get("state") == "building" else metadata_problems(store.path)
     fields = _stored_fields(params)
     arrays = {name: _array_info(store, name, params, version) for name in fields}
     if version >= 2 and "pixel_values" in arrays:
@@ -113,7 +114,7 @@ def store_info(
         "schema": f"{attrs.get('schema')} v{attrs.get('schema_version')}",
         "schema_version": version,
         "metadata_schema": zarr_json_schema_path(version).name,
-        "metadata_problems": len(problems),
+        "metadata_problems": None if problems is None else len(problems),
         "fields": list(fields),
         "lacks": [name for name in DATA_ARRAYS if name not in fields],
         "state": attrs.get("state"),

@@ -191,7 +191,10 @@ def test_verify_and_info_on_a_store_a_running_build_holds(
     described = command("info", str(out))
     assert described.returncode == 0, described.stderr
     assert f"build: 6 of 7 videos committed; running now ({holder})" in described.stdout
-    progress = json.loads(command("info", str(out), "--json").stdout)["progress"]
+    assert "does not match the schema" not in described.stdout  # a build is not damage
+    described_json = json.loads(command("info", str(out), "--json").stdout)
+    assert described_json["metadata_problems"] is None
+    progress = described_json["progress"]
     assert (progress["videos_planned"], progress["videos_committed"]) == (7, 6)
     assert progress["running"]["pid"] == process.pid
     kill9(process)

@@ -49,9 +49,13 @@ def test_verify_and_info_on_what_is_not_a_store(
         zarr.open_group(path, mode="w").attrs["made_by"] = "someone else"
     else:
         path = train_store / "masks"
+    what = {
+        "file": "a file, not a store's folder",
+        "empty folder": "no zarr.json: not a Zarr store",
+    }.get(kind, "no prebake attributes in zarr.json")
     for command in ("verify", "info"):
         result = prebake_command(command, str(path))
-        assert_one_line(result, f"{path}: not a prebake store")
+        assert_one_line(result, f"{path}: not a prebake store ({what})")
 
 
 def test_ctrl_c_in_verify_is_one_line(sample_sources: dict[str, Path], tmp_path: Path) -> None:
@@ -72,3 +76,18 @@ def test_ctrl_c_in_verify_is_one_line(sample_sources: dict[str, Path], tmp_path:
     assert process.returncode == 130, stderr
     assert stderr == f"prebake: {store}: verify interrupted; the store was not changed\n"
     assert stdout == ""
+
+
+def test_an_interrupted_overwrite_says_to_drop_overwrite() -> None:
+    """Rerunning an interrupted `--overwrite` build as it was would throw away what it committed."""
+    from prebake.build.baking import RunState
+
+    state = RunState(Path("s.zarr"), phase="baking", committed=1, planned=4)
+    assert state.interrupted_message().endswith("run the same command again to resume")
+    state.overwrite = True
+    assert "1 of 4 videos are committed and kept" in state.interrupted_message()
+    assert state.interrupted_message().endswith(
+        "run the same command without --overwrite to resume"
+    )
+    state.phase = "committing"
+    assert state.interrupted_message().endswith("without --overwrite to finish")

@@ -25,6 +25,7 @@ class RunState:
     store: Path | RemotePath
     phase: str = "starting"  # "planning", "baking", "committing"
     appending: bool = False  # baking an append: the store serves what it held before
+    overwrite: bool = False  # the run started over (--overwrite): rerunning it would again
     committed: int = 0  # units with a record (earlier runs included)
     planned: int = 0
     frames_baked: int = 0  # frames this run baked
@@ -33,6 +34,8 @@ class RunState:
     def interrupted_message(self) -> str:
         where = self.store
         kept = "; the store still serves what it held before" if self.appending else ""
+        # Rerun with --overwrite would throw away what this run committed.
+        again = "without --overwrite" if self.overwrite else "again"
         if self.phase in ("starting", "planning"):
             return (
                 f"{where}: interrupted while planning, nothing baked yet{kept}; "
@@ -41,9 +44,9 @@ class RunState:
         if self.phase == "baking":
             return (
                 f"{where}: interrupted; {self.committed} of {self.planned} videos are committed "
-                f"and kept{kept}; run the same command again to resume"
+                f"and kept{kept}; run the same command {again} to resume"
             )
-        return f"{where}: interrupted while finishing; run the same command again to finish"
+        return f"{where}: interrupted while finishing; run the same command {again} to finish"
 
 
 def bake_units(

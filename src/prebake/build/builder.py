@@ -167,7 +167,7 @@ class Builder:
         self.store = store
         self.lock = lock
         self.src = as_path(options.src, options.storage_options)
-        self.state = RunState(store.path)
+        self.state = RunState(store.path, overwrite=options.overwrite)
         self.started = time.time()
         self.report = BuildReport(self.store.path, 0, 0, 0, 0, 0, 0.0)  # what this run did
         self.baked_ids: set[str] = set()  # videos baked (or failed) in this run

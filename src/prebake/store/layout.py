@@ -69,15 +69,23 @@ class StoreDir:
         attrs = attributes.get("prebake") if isinstance(attributes, dict) else None
         return attrs if isinstance(attrs, dict) and attrs.get("schema") == SCHEMA_NAME else None
 
+    def not_a_store(self) -> StoreError:
+        """The one-line error for a path that holds no prebake store, saying what it holds."""
+        if (self.path / "zarr.json").exists():
+            what = "no prebake attributes in zarr.json"
+        elif isinstance(self.path, Path) and self.path.is_file():
+            what = "a file, not a store's folder"
+        else:
+            what = "no zarr.json: not a Zarr store"
+        return StoreError(f"{self.path}: not a prebake store ({what})")
+
     def require_complete(self) -> dict[str, Any]:
         """The attributes of a complete store; StoreError (one line) for anything else."""
         if not self.path.exists():
             raise StoreError(f"{self.path}: {missing(self.path, 'store')}")
         attrs = self.attrs()
         if attrs is None and not self.build_dir.is_dir():
-            raise StoreError(
-                f"{self.path}: not a prebake store (no prebake attributes in zarr.json)"
-            )
+            raise self.not_a_store()
         if attrs is None or attrs.get("state") != "complete":
             from prebake.store.lock import holder_text, live_build
 
