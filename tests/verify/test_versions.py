@@ -47,6 +47,11 @@ def test_a_partial_store_verifies_against_the_source(
     assert code == 0, output
     assert "2 arrays and" in output
     assert "fields     pixel_values, prompt_masks; the store lacks g_pixel_values, masks" in output
+    assert (
+        "semantics  frames not checked (a uint8 frame is checked against both images, the store "
+        "holds pixel_values), " in output
+    )
+    assert "random sample" not in output  # --samples all: every item
 
 
 def test_an_array_the_fields_do_not_list_is_a_problem(

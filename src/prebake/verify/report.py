@@ -112,9 +112,10 @@ class VerifyReport:
         if self.semantics:
             s = self.semantics
             sampled = " (random sample)" if s["sampled"] else ""
-            lines.append(
-                f"  semantics  {s['frames_checked']}/{s['frames']} frames, {s['items_checked']}/{s['items']} items{sampled}"
-            )
+            frames = f"{s['frames_checked']}/{s['frames']} frames"
+            if s.get("frames_unchecked"):
+                frames = f"frames not checked ({s['frames_unchecked']})"
+            lines.append(f"  semantics  {frames}, {s['items_checked']}/{s['items']} items{sampled}")
         if self.source is not None:
             lines.append(
                 f"  source     {self.source['items_checked']} items and {self.source['frames_checked']} frames "
