@@ -178,3 +178,13 @@ def test_a_stretched_panel_says_so(
     expected = f"g_pixel_values 1024 + masks (magenta){note}"
     width = ImageFont.load_default(size=20).getlength(expected)
     assert abs(caption_ink_end(out) - (6 + width)) <= 3
+
+
+def test_a_partial_store_names_only_the_fields_it_draws(loop1_store: Path, tmp_path: Path) -> None:
+    """A Loop-1 store holds no 1024 field: the 1024 panel's caption says so (no stretch note,
+    no masks named)."""
+    out = tmp_path / "loop1.png"
+    code, output = invoke("show", str(loop1_store), "--video", "sav_900001", "--out", str(out))
+    assert code == 0, output
+    width = ImageFont.load_default(size=20).getlength("no 1024 fields in this store")
+    assert abs(caption_ink_end(out) - (6 + width)) <= 3
