@@ -25,7 +25,7 @@ from prebake.build.options import (
     LAYOUT_CHOICES,
     MASKLET_CHOICES,
 )
-from prebake.errors import PrebakeError
+from prebake.errors import PrebakeError, counted
 from prebake.transforms import DEFAULT_PILLOW_RULE, PILLOW_RULES
 from prebake.verify.checks import checks_help
 
@@ -272,8 +272,10 @@ def _print_build(report: BuildReport, out: str) -> None:
     speed = f"in {report.seconds:.1f} s, {report.frames_per_second:.1f} frames/s"
     if report.built and report.resumed:  # this run's work only; the store's totals after
         typer.echo(
-            f"resumed {out}: baked {report.videos_baked} more videos, {report.frames_baked} "
-            f"frames {speed} ({report.resumed} videos were already baked); the store holds {held}"
+            f"resumed {out}: baked {counted(report.videos_baked, 'more video')}, "
+            f"{counted(report.frames_baked, 'frame')} {speed} "
+            f"({counted(report.resumed, 'video')} {'was' if report.resumed == 1 else 'were'} "
+            f"already baked); the store holds {held}"
         )
     elif report.built:
         typer.echo(

@@ -28,6 +28,11 @@ class StoreError(PrebakeError):
     """A store is missing, not a prebake store, incomplete, locked or built with other parameters."""
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 video', '2 videos': a count and its noun, plural with an s unless the count is one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def one_line(text: str) -> str:
     """A failure reason as one short line (some library messages span several)."""
     line = " ".join(text.split())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prebake import decoding
-from prebake.errors import StoreError
+from prebake.errors import StoreError, counted
 from prebake.storage import RemotePath, StorageOptions, list_names, missing, tree_bytes
 from prebake.store.layout import BUILD_DIR, StoreDir
 from prebake.store.metadata import metadata_problems, zarr_json_schema_path
@@ -299,7 +299,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append("versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
     if build.get("finished"):
         lines.append(
-            f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {build.get('workers')} workers"
+            f"build: {build.get('started')} to {build.get('finished')}, {build.get('seconds')} s, {counted(build.get('workers') or 0, 'worker')}"
             + _resized_by(build)
         )
     else:

@@ -145,8 +145,10 @@ def test_ctrl_c_stops_cleanly_and_resumes(
     assert again.returncode == 0, again.stderr
     # The summary counts this run's videos and frames, not the store's.
     frames_left = sum(len(u.frame_indices) for u in left)
-    assert f"baked {len(left)} more videos, {frames_left} frames in " in again.stdout, again.stdout
-    assert f"({committed} videos were already baked)" in again.stdout
+    videos = f"{len(left)} more video" + "s" * (len(left) != 1)
+    assert f"baked {videos}, {frames_left} frames in " in again.stdout, again.stdout
+    kept = f"{committed} video was" if committed == 1 else f"{committed} videos were"
+    assert f"({kept} already baked)" in again.stdout
     assert_same_store(out, reference)
 
 

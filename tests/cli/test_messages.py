@@ -91,3 +91,9 @@ def test_an_interrupted_overwrite_says_to_drop_overwrite() -> None:
     )
     state.phase = "committing"
     assert state.interrupted_message().endswith("without --overwrite to finish")
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    from prebake.errors import counted
+
+    assert [counted(n, "video") for n in (0, 1, 2)] == ["0 videos", "1 video", "2 videos"]

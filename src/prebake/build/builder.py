@@ -33,7 +33,7 @@ from prebake.build.options import (
 from prebake.build.planning import make_plan
 from prebake.build.pool import LocalPool
 from prebake.build.resizing import check_device, check_options
-from prebake.errors import PrebakeError, StoreError
+from prebake.errors import PrebakeError, StoreError, counted
 from prebake.sources import NOT_FOUND_HINT, Discovery, find_videos, select
 from prebake.sources.base import VideoRef
 from prebake.storage import RemotePath, as_path, is_url, missing
@@ -189,7 +189,8 @@ class Builder:
                 if videos is not None and 0 < videos < workers:
                     _say(
                         self.options,
-                        f"note: {videos} videos to bake: {videos} workers, not {workers}",
+                        f"note: {counted(videos, 'video')} to bake: "
+                        f"{counted(videos, 'worker')}, not {workers}",
                     )
                     workers = videos
                 note = functools.partial(_say, self.options)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from prebake.errors import StoreError, one_line
+from prebake.errors import StoreError, counted, one_line
 from prebake.storage import RemotePath, zarr_store
 from prebake.store.columns import read_column
 from prebake.store.schema import ArraySpec, array_specs
@@ -240,8 +240,9 @@ def _resolve_videos(
             f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         )
         raise ValueError(
-            f"{path}: videos= names {len(unknown)} video ids the store does not hold: {shown} "
-            f"(it holds {len(video_ids)} videos; prebake info --videos lists them)"
+            f"{path}: videos= names {counted(len(unknown), 'video id')} the store does not hold: "
+            f"{shown} (it holds {counted(len(video_ids), 'video')}; prebake info --videos lists "
+            "them)"
         )
     return tuple(video_id for video_id in video_ids if video_id in wanted)
 
