@@ -542,7 +542,9 @@ def bench(
         if not passed(results["gpu"]):
             missed.append("GPU check: the torch store differs from the Pillow store")
     if missed:
-        typer.echo(f"prebake: {len(missed)} targets missed: {'; '.join(missed)}", err=True)
+        typer.echo(
+            f"prebake: {counted(len(missed), 'target')} missed: {'; '.join(missed)}", err=True
+        )
         raise typer.Exit(1)
 
 

@@ -29,8 +29,9 @@ def run_bench(
     gpu_loader: bool = False,
 ) -> dict[str, Any]:
     """The reader and loader (on `store`), build, discovery, append, schema and GPU (on device
-    `gpu`) measurements asked for; `echo` hears the GPU check's progress. `gpu_loader`: only
-    the CUDA loader's check on `store`."""
+    `gpu`) measurements asked for; `echo` hears which part is being measured (the whole run
+    takes from 40 s to several minutes) and the GPU check's progress. `gpu_loader`: only the
+    CUDA loader's check on `store`."""
     results: dict[str, Any] = {}
     if store is not None and gpu_loader:  # on its own: a short check for a CUDA machine
         from prebake.bench.gpu_loader import bench_gpu_loader
@@ -40,25 +41,31 @@ def run_bench(
     if store is not None:
         from prebake.bench.reader import bench_reader
 
+        echo(f"bench: the reader on {store} (about 20 s)")
         results["reader"] = bench_reader(store, src=src, items=items)
         from prebake.bench.loader import bench_loader
 
+        echo(f"bench: the loader on {store} (about 30 s, more on a large store)")
         results["loader"] = bench_loader(store, items=items)
     if build_src is not None:
         from prebake.bench.build import bench_build
 
+        echo(f"bench: builds of {build_src} (several minutes)")
         results["build"] = bench_build(build_src)
     if discovery_files is not None:
         from prebake.bench.sources import bench_discovery
 
+        echo(f"bench: discovery of a tree of {discovery_files} files")
         results["discovery"] = bench_discovery(discovery_files)
     if append:
         from prebake.bench.sources import bench_append
 
+        echo("bench: an append against a rebuild")
         results["append"] = bench_append()
     if schemas_src is not None:
         from prebake.bench.schemas import bench_schemas
 
+        echo(f"bench: schema v1 and v2 stores of {schemas_src}")
         results["schemas"] = bench_schemas(schemas_src, items=items)
     if gpu is not None:
         from prebake.bench.gpu import bench_gpu
