@@ -231,3 +231,11 @@ def test_bench_says_what_it_measures_before_it_measures() -> None:
     heard: list[str] = []
     results = run_bench(None, discovery_files=10, echo=heard.append)
     assert heard == ["bench: discovery of a tree of 10 files"] and "discovery" in results
+
+
+@pytest.mark.parametrize("files", [1, 5, 100])
+def test_bench_discovery_of_a_small_tree(files: int) -> None:
+    """A tree too small for a whole frame folder still has exactly the files asked for."""
+    from prebake.bench.sources import bench_discovery
+
+    assert bench_discovery(files)["files"] == files

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prebake.errors import PrebakeError
+from prebake.errors import PrebakeError, counted
 from prebake.sources import find_videos, fingerprint
 
 TRAIN_SHARE, FRAMES_SHARE = 0.6, 0.25  # of the files; the rest is the val/test layout
@@ -81,7 +81,8 @@ def write_tree(root: Path, files: int = 50_000) -> dict[str, int]:
         touch(root / "extracted" / "annotations" / f"{video_id}_manual.json")
         written["frames"] += 1
         v += 1
-    last = root / "extracted" / "JPEGImages" / f"sav_{600000 + v - 1:06d}"
+    last = root / "extracted" / "JPEGImages" / f"sav_{600000 + max(v - 1, 0):06d}"
+    last.mkdir(parents=True, exist_ok=True)  # a small tree: no whole folder was written
     for i in range(files - written["files"]):  # make the count exact
         touch(last / f"{4 * (FRAMES_PER_FOLDER + i):05d}.jpg")
     return written
@@ -123,8 +124,9 @@ def format_discovery(results: dict[str, Any]) -> list[str]:
     return [
         "discovery (find_videos: one walk, every layout recognised; median of "
         f"{RUNS}, warm cache):",
-        f"  {results['files']} files in {results['folders']} folders, {results['videos']} videos "
-        f"({results['train']} train, {results['frames']} frame folders, {results['png']} val): "
+        f"  {counted(results['files'], 'file')} in {counted(results['folders'], 'folder')}, "
+        f"{counted(results['videos'], 'video')} ({results['train']} train, "
+        f"{counted(results['frames'], 'frame folder')}, {results['png']} val): "
         f"{results['seconds']:.3f} s ({results['files_per_s']} files/s)",
         f"  fingerprints of every video (the check of a complete store against its source): "
         f"{results['fingerprint_seconds']:.3f} s",
