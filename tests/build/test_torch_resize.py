@@ -67,7 +67,9 @@ def test_a_torch_build_is_byte_identical_to_a_pillow_build(
     assert built["pillow"]["resize"] == ["Pillow"]
     assert built["torch"]["resize"] == [f"torch {torch.__version__} on cpu"]
     shown = format_info(store_info(torched))
-    assert f" workers; images resized by torch {torch.__version__} on cpu" in shown
+    workers = built["torch"]["workers"]
+    used = f"{workers} worker" + "s" * (workers != 1)
+    assert f", {used}; images resized by torch {torch.__version__} on cpu" in shown
     root = zarr.open_group(pillow, mode="r")
     assert root.attrs["prebake"]["counts"]["frames"] == 17 + 6 + 5 + 4
     assert root.attrs["prebake"]["counts"]["videos_failed"] == 0
