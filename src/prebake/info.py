@@ -213,7 +213,7 @@ def format_info(info: dict[str, Any]) -> str:
     if info["metadata_problems"]:
         count = info["metadata_problems"]
         lines.append(
-            f"  metadata does not match the schema ({count} problem{'s' * (count != 1)} against "
+            f"  metadata does not match the schema ({counted(count, 'problem')} against "
             f"{info['metadata_schema']}): run prebake verify to list them"
         )
     if counts:

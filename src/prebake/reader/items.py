@@ -258,7 +258,7 @@ class _Filters:
         """The option as the caller wrote it (`videos=` as the count it keeps)."""
         if name == "videos":
             assert self.videos_kept is not None
-            return f"videos= (keeping {_count(len(self.videos_kept), 'video')})"
+            return f"videos= (keeping {counted(len(self.videos_kept), 'video')})"
         value = getattr(self, name)
         return f"{name}={list(value) if isinstance(value, tuple) else value}"
 
@@ -310,7 +310,7 @@ def _why_empty(masks: dict[str, np.ndarray], filters: _Filters, store: _StoreFac
 def _limit(name: str, scope: np.ndarray, filters: _Filters, store: _StoreFacts) -> str:
     """What option `name` asks past, over the items in `scope` (all, or the others' items)."""
     whole = bool(scope.all())
-    of = "" if whole else f" of the {_count(int(scope.sum()), 'item')} the other options keep"
+    of = "" if whole else f" of the {counted(int(scope.sum()), 'item')} the other options keep"
     videos = np.unique(store.video[scope])
     if name == "clip_len":
         assert store.video_frames is not None
@@ -331,7 +331,7 @@ def _limit(name: str, scope: np.ndarray, filters: _Filters, store: _StoreFacts) 
         where = (
             "the store holds"
             if whole
-            else f"the {_count(int(scope.sum()), 'item')} the other options keep are of"
+            else f"the {counted(int(scope.sum()), 'item')} the other options keep are of"
         )
         return f"{filters.option(name)} keeps none: {where} types {held}"
     assert filters.videos_kept is not None
@@ -341,11 +341,7 @@ def _limit(name: str, scope: np.ndarray, filters: _Filters, store: _StoreFacts) 
         row = {video_id: number for number, video_id in enumerate(store.video_ids)}
         kept = [row[video_id] for video_id in filters.videos_kept]
         return f"videos= keeps only videos without items ({store.statuses(kept)})"
-    return f"videos= keeps none of the {_count(len(videos), 'video')}{of}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+    return f"videos= keeps none of the {counted(len(videos), 'video')}{of}"
 
 
 def item_keys(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from prebake.errors import counted
+
 SUMMARY_PROBLEMS = 100  # problems printed by summary(); to_json() has them all
 TABLE_GROUPS = ("frames", "items", "videos")
 # Messages open with what they are about: "<array or table>[ row <n>]" then " (", ":" or " ".
@@ -75,13 +77,13 @@ class VerifyReport:
 
     def summary(self) -> str:
         problems = self.problems
-        verdict = "OK" if self.ok else f"{len(problems)} problem{'s' * (len(problems) != 1)}"
+        verdict = "OK" if self.ok else counted(len(problems), "problem")
         lines = [f"{self.store}: {verdict}"]
         if self.metadata:
             count = self.metadata["problems"]
             lines.append(
                 f"  metadata   every zarr.json against {self.metadata['schema']} (JSON Schema): "
-                + (f"{count} problem{'s' * (count != 1)}" if count else "valid")
+                + (counted(count, "problem") if count else "valid")
             )
         if self.schema:
             lines.append(
