@@ -35,7 +35,7 @@ import numcodecs
 import numpy as np
 import torch
 
-from prebake.bench.reader import _memory_status, _release_free_heap
+from prebake.bench.reader import _memory_status, _release_free_heap, memory_lines
 from prebake.bench.targets import LOADER_TARGETS, format_verdict
 from prebake.errors import StoreError
 from prebake.reader import LOOP1_FIELDS, PrebakedDataset, PrebakedLoader
@@ -101,11 +101,9 @@ def format_loader(results: dict[str, Any]) -> list[str]:
         f"  loader process memory at the end of epochs 1..{len(memory['rss_anon_in_use'])} "
         f"({memory['items_per_epoch']} items each, all fields, spawn):"
     )
-    for label, key in (
-        ("VmRSS", "vm_rss"),
-        ("RssAnon in use (after malloc_trim)", "rss_anon_in_use"),
-    ):
-        lines.append(f"    {label:36s} " + ", ".join(f"{mb:.1f}" for mb in memory[key]) + " MB")
+    lines += memory_lines(
+        memory, (("VmRSS", "vm_rss"), ("RssAnon in use (after malloc_trim)", "rss_anon_in_use"))
+    )
     in_use = memory["rss_anon_in_use"]
     lines.append(f"    RssAnon in use, last epoch - epoch 2: {in_use[-1] - in_use[1]:+.1f} MB")
     lines.append("targets (all four fields):")

@@ -114,6 +114,14 @@ def bench_reader(store: Path, *, src: Path | None, items: int) -> dict[str, Any]
     return results
 
 
+def memory_lines(memory: dict[str, Any], rows: tuple[tuple[str, str], ...]) -> list[str]:
+    """One line per (label, key) of `rows`: the MB at the end of each epoch in `memory[key]`."""
+    return [
+        f"    {label:36s} " + ", ".join(f"{mb:.1f}" for mb in memory[key]) + " MB"
+        for label, key in rows
+    ]
+
+
 def format_reader(results: dict[str, Any]) -> list[str]:
     speed, ratios = results["items_per_s"], results["ratios"]
     paths = ", ".join(f"{name} {path}" for name, path in results["read_paths"].items())
@@ -135,13 +143,15 @@ def format_reader(results: dict[str, Any]) -> list[str]:
         f"  DataLoader worker memory at the end of epochs 1..{RSS_EPOCHS} "
         f"({rss['items_per_epoch']} items each, spawn, max_open_shards={rss['max_open_shards']}):"
     )
-    for label, key in (
-        ("VmRSS", "vm_rss"),
-        ("VmRSS in use (after malloc_trim)", "vm_rss_in_use"),
-        ("RssAnon", "rss_anon"),
-        ("RssAnon in use (after malloc_trim)", "rss_anon_in_use"),
-    ):
-        lines.append(f"    {label:36s} " + ", ".join(f"{mb:.1f}" for mb in rss[key]) + " MB")
+    lines += memory_lines(
+        rss,
+        (
+            ("VmRSS", "vm_rss"),
+            ("VmRSS in use (after malloc_trim)", "vm_rss_in_use"),
+            ("RssAnon", "rss_anon"),
+            ("RssAnon in use (after malloc_trim)", "rss_anon_in_use"),
+        ),
+    )
     lines.append("  allocator, fresh process, random items held 8 at a time:")
     for label, values in results["allocator"].items():
         lines.append(
