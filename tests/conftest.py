@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.stores import REAL_SAV, build_store
+from helpers.stores import REAL_SAV, ROOT, build_store
 
 from prebake.demo import SampleObject, SampleVideo, write_sample
 
@@ -29,6 +31,20 @@ def module_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("module")
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def project_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built offline once (`pip wheel --no-deps --no-build-isolation`)."""
+    folder = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(folder), "--quiet", str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = folder.glob("prebake-*.whl")
+    return wheel
 
 
 @pytest.fixture(scope="session")

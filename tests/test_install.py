@@ -11,8 +11,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from helpers.stores import ROOT
-
 import prebake
 
 
@@ -31,19 +29,14 @@ def test_import_from_the_folder_that_holds_the_clone(tmp_path: Path) -> None:
     assert "prebake.reader.dataset.PrebakedDataset" in result.stdout
 
 
-def test_the_wheel_in_a_fresh_venv_runs_demo_and_verify(tmp_path: Path) -> None:
+def test_the_wheel_in_a_fresh_venv_runs_demo_and_verify(
+    project_wheel: Path, tmp_path: Path
+) -> None:
     """The wheel, built offline, installed without its dependencies into a new venv that sees
     this venv's packages (a .pth line; not its editable prebake, whose finder is a .pth of its
     own and is not run for a path added that way): `prebake` is the wheel's, run outside the
     repository."""
-    wheels = tmp_path / "wheels"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(wheels), "--quiet", str(ROOT)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr
-    (wheel,) = wheels.glob("prebake-*.whl")
+    wheel = project_wheel
     venv = tmp_path / "venv"
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120

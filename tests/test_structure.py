@@ -4,14 +4,12 @@ wheel that carries the schema documents."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers.stores import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "prebake"
 MAX_LINES = 600
 
@@ -135,16 +133,9 @@ def test_no_module_is_over_600_lines() -> None:
     assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
 
 
-def test_the_wheel_carries_the_schema_documents(tmp_path: Path) -> None:
+def test_the_wheel_carries_the_schema_documents(project_wheel: Path) -> None:
     """`pip wheel` of the project holds the package and its schema documents (package data)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(tmp_path), "--quiet", str(ROOT)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    (wheel,) = tmp_path.glob("prebake-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    names = set(zipfile.ZipFile(project_wheel).namelist())
     schemas = sorted(path.name for path in (PACKAGE / "schemas").glob("*.json"))
     assert schemas, "the package holds its schema documents"
     for schema in schemas:
