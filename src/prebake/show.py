@@ -239,23 +239,20 @@ def caption_lines(
     annotated = frame_row - int(videos["frame_row"][video])
     width, height = int(videos["width"][video]), int(videos["height"][video])
     stretched = f", stretched from {width}x{height} as SAM 2 sees it" if width != height else ""
-    drawn = [  # what the 1024 panel shows of what the store holds
-        label
-        for name, label in (("g_pixel_values", "g_pixel_values 1024"), ("masks", "masks (magenta)"))
-        if name in store.readers
-    ]
-    pixel = [
-        label
-        for name, label in (
-            ("pixel_values", f"pixel_values 448 un-normalized, x{PIXEL_ZOOM}"),
-            ("prompt_masks", "prompt_masks 16x16 (yellow)"),
-        )
-        if name in store.readers
-    ]
+
+    def held(*fields: tuple[str, str]) -> str:
+        """The labels of the fields (name, label) the store holds, joined."""
+        return " + ".join(label for name, label in fields if name in store.readers)
+
+    drawn = held(("g_pixel_values", "g_pixel_values 1024"), ("masks", "masks (magenta)"))
+    pixel = held(
+        ("pixel_values", f"pixel_values 448 un-normalized, x{PIXEL_ZOOM}"),
+        ("prompt_masks", "prompt_masks 16x16 (yellow)"),
+    )
     return [
         (
-            " + ".join(drawn) + stretched if drawn else "no 1024 fields in this store",
-            " + ".join(pixel) if pixel else "no 448 fields in this store",
+            drawn + stretched if drawn else "no 1024 fields in this store",
+            pixel or "no 448 fields in this store",
         ),
         (
             f"{videos['video_id'][video]}  frame {frame_index} (annotated t={annotated})  masklet {kind} {int(items['masklet_id'][item])}  item {item}",
